@@ -1,0 +1,8 @@
+"""evop-hub: remove whole transformer blocks chosen by evolutionary search, publish on the Hub."""
+
+__version__ = "0.1.0"
+
+from .errors import EvopError  # noqa: E402
+from .models import drop, load, save  # noqa: E402
+
+__all__ = ["EvopError", "__version__", "drop", "load", "save"]

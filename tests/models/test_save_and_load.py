@@ -1,0 +1,162 @@
+"""Loading through evop_hub, saving the published directory, and device-mapped models."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import evop_hub
+from evop_hub.errors import EvopError
+from evop_hub.models import BlockRunner, LoadConfig, find_blocks, prepare_output
+from evop_hub.record import RECORD_NAME, STATE_DIR, PruningRecord
+
+from .conftest import build
+from .test_surgery import bypassed_logits, ids_for
+
+DROP = [1, 4]
+
+
+@pytest.fixture
+def llama_dir(tmp_path):
+    """A tiny Llama saved as a local model directory, with a tokenizer."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    model = build("llama")
+    path = tmp_path / "dense"
+    model.save_pretrained(path)
+    vocab = {f"w{i}": i for i in range(model.config.vocab_size)}
+    vocab["[UNK]"] = len(vocab) - 1
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]").save_pretrained(path)
+    return path
+
+
+def test_save_writes_standard_checkpoint_and_record(llama_dir, tmp_path):
+    loaded = evop_hub.load(str(llama_dir))
+    ids = ids_for(loaded.model)
+    expected = bypassed_logits(loaded.model, DROP, ids)
+    evop_hub.drop(loaded, DROP)
+    out = evop_hub.save(loaded, prepare_output(tmp_path / "pruned"), command="evop-hub drop x --layers 1,4")
+
+    record = json.loads((out / RECORD_NAME).read_text())
+    assert record["dropped_blocks"] == DROP
+    assert record["kept_blocks"] == [0, 2, 3, 5]
+    assert record["block_mapping"] == {"0": 0, "1": 2, "2": 3, "3": 5}
+    assert record["parameters_after"] < record["parameters_before"]
+    assert record["command"] == "evop-hub drop x --layers 1,4"
+    assert not list(tmp_path.glob(".pruned.tmp-*")), "temporary directory left behind"
+
+    # A fresh interpreter with plain transformers, no evop_hub import, loads it and generates.
+    script = (
+        "import sys, torch; from transformers import AutoModelForCausalLM as M;"
+        f"m = M.from_pretrained({str(out)!r}).eval(); ids = torch.tensor({ids.tolist()});"
+        "print(repr(m(ids).logits.flatten()[:8].tolist())); m.generate(ids[:1, :4], max_new_tokens=5, pad_token_id=0);"
+        "assert 'evop_hub' not in sys.modules"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    got = torch.tensor(eval(result.stdout.strip().splitlines()[-1]))
+    torch.testing.assert_close(got, expected.flatten()[:8], rtol=1e-5, atol=1e-5)
+
+
+def test_chained_drops_use_original_numbering(llama_dir):
+    loaded = evop_hub.load(str(llama_dir))
+    ids = ids_for(loaded.model)
+    expected = bypassed_logits(loaded.model, DROP, ids)
+    evop_hub.drop(loaded, [1])
+    evop_hub.drop(loaded, [4])  # original index 4 is current index 3
+    assert loaded.record.dropped_blocks == DROP
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(ids).logits, expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(EvopError, match="already removed"):
+        evop_hub.drop(loaded, [1])
+
+
+def test_output_directory_is_protected(llama_dir, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mine.txt").write_text("user data")
+    with pytest.raises(EvopError, match="--overwrite"):
+        prepare_output(out)
+    assert prepare_output(out, resume=True) == out
+    (out / STATE_DIR).mkdir()
+    (out / STATE_DIR / "state.json").write_text("{}")
+    loaded = evop_hub.load(str(llama_dir))
+    evop_hub.save(loaded, prepare_output(out, overwrite=True))
+    assert not (out / "mine.txt").exists() and (out / "config.json").is_file()
+
+
+def test_run_state_survives_the_final_save(llama_dir, tmp_path):
+    out = prepare_output(tmp_path / "out")
+    (out / STATE_DIR).mkdir(parents=True)
+    (out / STATE_DIR / "trace.jsonl").write_text("{}\n")
+    evop_hub.save(evop_hub.load(str(llama_dir)), out)
+    assert (out / STATE_DIR / "trace.jsonl").read_text() == "{}\n"
+
+
+def test_device_mapped_model_with_disk_offload_is_pruned_and_saved(llama_dir, tmp_path):
+    device_map = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.norm": "cpu", "lm_head": "cpu"}
+    device_map |= {f"model.layers.{i}": ("disk" if i % 2 else "cpu") for i in range(6)}
+    dense = evop_hub.load(str(llama_dir))
+    ids = ids_for(dense.model)
+    expected = bypassed_logits(dense.model, DROP, ids)
+
+    loaded = evop_hub.load(str(llama_dir), LoadConfig(device_map=device_map, offload_folder=str(tmp_path / "off")))
+    assert any(p.device.type == "meta" for p in loaded.model.parameters()), "nothing was offloaded"
+    runner = BlockRunner(loaded.model)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            runner.logits(runner.run(runner.prepare(ids), [0, 2, 3, 5])), expected, rtol=1e-5, atol=1e-5
+        )
+    evop_hub.drop(loaded, DROP)
+    assert sorted(k for k in loaded.model.hf_device_map if k.startswith("model.layers")) == [
+        f"model.layers.{i}" for i in range(4)
+    ]
+    assert loaded.model.hf_device_map["model.layers.3"] == "disk"  # old block 5
+    out = evop_hub.save(loaded, prepare_output(tmp_path / "pruned"))
+    from transformers import AutoModelForCausalLM
+
+    reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert len(find_blocks(reloaded)) == 4
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("/nonexistent/model", "neither a model directory"),
+        ("missing.gguf", "does not exist"),
+    ],
+)
+def test_bad_sources_give_one_line(name, message):
+    with pytest.raises(EvopError, match=message):
+        evop_hub.load(name)
+
+
+def test_corrupt_gguf_is_reported(tmp_path, monkeypatch):
+    monkeypatch.setenv("EVOP_CACHE", str(tmp_path / "cache"))
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF" + b"\x00" * 64)
+    with pytest.raises(EvopError, match="cannot read GGUF"):
+        evop_hub.load(str(bad))
+
+
+def test_unknown_hub_id_offline_is_reported(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(EvopError, match="(Hub|not found)"):
+        evop_hub.load("someone/definitely-not-a-model-xyz")
+
+
+def test_record_round_trip(tmp_path):
+    record = PruningRecord(source_model="m", architecture="LlamaForCausalLM", num_blocks=4, dropped_blocks=[2])
+    record.save(tmp_path)
+    again = PruningRecord.load(tmp_path)
+    assert again.kept_blocks == [0, 1, 3] and again.versions == record.versions
+    with pytest.raises(EvopError, match="not an evop-hub output"):
+        PruningRecord.load(tmp_path / "nothing")

