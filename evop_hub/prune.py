@@ -1,0 +1,155 @@
+"""The one-call API: ``prune(model_or_id, PruneConfig()) -> PruneResult``.
+
+Load, draw a calibration set (CCDS by default), search for the blocks to drop, remove them,
+and save the smaller checkpoint with its record and card. Everything a run needs to
+resume (the calibration set, the search checkpoint, the trace) is kept in ``DIR/.evop``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .calibration import CalibrationConfig, CalibrationSet, calibrate
+from .errors import EvopError
+from .models import LoadConfig, LoadedModel, drop, load, prepare_output, save, state_dir
+from .record import PruningRecord
+from .search import SearchConfig, SearchResult, SerialEvaluator, num_drop, run_search
+
+log = logging.getLogger(__name__)
+
+# Calibration corpora tried in order when none is given: the paper's, then an offline one.
+DEFAULT_CORPORA = ("wikitext2:train", "wiki-leads:train")
+CALIBRATION_FILE = "calibration.safetensors"
+
+
+@dataclass
+class PruneConfig:
+    """Everything ``evop-hub prune`` does, as data. ``num_drop`` wins over ``sparsity``."""
+
+    sparsity: float | None = 0.2  # fraction of blocks; k = ceil(sparsity x blocks) as EvoP computes it
+    num_drop: int | None = None
+    search: SearchConfig = field(default_factory=SearchConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    corpus: str | None = None  # None: DEFAULT_CORPORA, first that loads
+    calibration_file: str | None = None  # a file from `evop-hub calibrate`, instead of drawing one
+    batch_size: int = 1  # calibration samples per forward; 1 lets early termination stop soonest
+    cache_gib: float = 1.0  # memory for cached prefix hidden states
+    load: LoadConfig = field(default_factory=LoadConfig)
+    output: str | None = None  # None: nothing saved
+    overwrite: bool = False
+    resume: bool = False
+    progress: bool = True
+    command: str | None = None
+
+
+# Named settings for common cases; `--preset quick` runs on the offline model in minutes on 2 CPU cores.
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "quick": {
+        "calibration": {"seq_len": 128},
+        "search": {"population": 12, "generations": 6, "patience": 3, "seed_sleb": False},
+    },
+}
+
+
+def apply_preset(config: PruneConfig, name: str) -> PruneConfig:
+    if name not in PRESETS:
+        raise EvopError(f"unknown --preset {name!r}; choose from {', '.join(PRESETS)}")
+    preset = PRESETS[name]
+    return replace(
+        config,
+        calibration=replace(config.calibration, **preset.get("calibration", {})),
+        search=replace(config.search, **preset.get("search", {})),
+    )
+
+
+@dataclass
+class PruneResult:
+    """The pruned model (in memory), the chosen mask in original numbering, and the record saved with it."""
+
+    model: LoadedModel
+    mask: list[int]
+    record: PruningRecord
+    search: SearchResult
+    output: Path | None = None
+
+
+def _calibration(loaded: LoadedModel, config: PruneConfig, run_dir: Path | None) -> CalibrationSet:
+    """The calibration set: a given file, the one a resumed run saved, or a fresh draw."""
+    saved = run_dir / CALIBRATION_FILE if run_dir else None
+    if config.calibration_file:
+        return CalibrationSet.load(config.calibration_file, loaded.tokenizer)
+    if saved and config.resume and saved.is_file():
+        return CalibrationSet.load(saved, loaded.tokenizer)
+    corpora = [config.corpus] if config.corpus else list(DEFAULT_CORPORA)
+    for i, corpus in enumerate(corpora):
+        try:
+            calibration = calibrate(corpus, loaded.tokenizer, config.calibration)
+            break
+        except EvopError as exc:
+            if i == len(corpora) - 1:
+                raise
+            log.warning("calibration corpus %s unavailable (%s); using %s", corpus, exc, corpora[i + 1])
+    log.info("calibration: %s from %s:%s, %d x %d tokens", config.calibration.sampler,
+             calibration.metadata["corpus"], calibration.metadata["split"], *calibration.input_ids.shape)
+    if saved:
+        calibration.save(saved, overwrite=True)
+    return calibration
+
+
+def prune(model: str | LoadedModel, config: PruneConfig | None = None) -> PruneResult:
+    """Choose and remove blocks; save to ``config.output`` when set."""
+    config = config or PruneConfig()
+    output = prepare_output(config.output, overwrite=config.overwrite, resume=config.resume) if config.output else None
+    loaded = model if isinstance(model, LoadedModel) else load(model, config.load)
+    if loaded.record.dropped_blocks:
+        raise EvopError("this model already had blocks removed; prune the original model instead")
+    blocks = loaded.record.num_blocks
+    k = num_drop(blocks, config.sparsity, config.num_drop)
+    per_block = sum(p.numel() for p in loaded.model.get_submodule(_block_path(loaded)).parameters()) / blocks
+    log.info("dropping k=%d of %d blocks (about %.1f%% of parameters)", k, blocks,
+             100 * k * per_block / loaded.record.parameters_before)
+    run_dir = state_dir(output) if output else None
+    calibration = _calibration(loaded, config, run_dir)
+    device = next(p.device for p in loaded.model.parameters() if p.device.type != "meta")
+    evaluator = SerialEvaluator(
+        loaded.model, calibration.input_ids.to(device), batch_size=config.batch_size,
+        cache_bytes=int(config.cache_gib * (1 << 30)),
+    )
+    result = run_search(evaluator, k, config.search, state_dir=run_dir, resume=config.resume, progress=config.progress)
+    drop(loaded, result.mask)
+    record = loaded.record
+    record.method = config.search.method
+    record.sparsity = k / blocks
+    record.sparsity_unit = "blocks"
+    record.calibration = calibration.summary()
+    record.search = result.summary()
+    record.scores["calibration_loss"] = {"dense": result.dense_loss, "pruned": result.loss}
+    if config.command:
+        record.command = config.command
+    if output:
+        save(loaded, output)
+    return PruneResult(loaded, list(result.mask), record, result, output)
+
+
+def _block_path(loaded: LoadedModel) -> str:
+    from .models import block_path
+
+    return block_path(loaded.model)
+
+
+def config_dict(config: PruneConfig) -> dict[str, Any]:
+    """The config as JSON-able data, for the record (no tokens)."""
+    data = asdict(config)
+    data["load"].pop("token", None)
+    return data
+
+
+def free_memory() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

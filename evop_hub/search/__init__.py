@@ -1,0 +1,160 @@
+"""Search for the blocks to drop: evaluator, methods, and a resumable run.
+
+``run_search`` wraps any method from ``METHODS`` with what a long run needs: a progress
+bar showing the best loss, a JSONL trace (one row per generation or step), and a
+checkpoint in the run's state directory after every step, holding the method's state and
+every fitness computed so far. Resuming replays nothing: the evaluations are restored from
+the checkpoint and the method continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from ..errors import EvopError
+from .evaluator import Evaluator, EvaluatorStats, Fitness, Mask, SerialEvaluator, as_mask
+from .methods import METHODS, SearchConfig, SearchContext
+
+STATE_FILE = "search_state.json"
+TRACE_FILE = "trace.jsonl"
+
+__all__ = [
+    "METHODS",
+    "Evaluator",
+    "Fitness",
+    "Mask",
+    "SearchConfig",
+    "SearchResult",
+    "SerialEvaluator",
+    "num_drop",
+    "run_search",
+]
+
+
+def num_drop(num_blocks: int, sparsity: float | None = None, k: int | None = None) -> int:
+    """Blocks to drop: ``k`` if given, else ceil(sparsity x blocks) as EvoP's code computes it."""
+    if k is None:
+        if sparsity is None or not 0 < sparsity < 1:
+            raise EvopError(f"--sparsity must be strictly between 0 and 1 (got {sparsity})")
+        k = math.ceil(sparsity * num_blocks)
+    if not 0 < k < num_blocks:
+        raise EvopError(f"cannot drop {k} of {num_blocks} blocks; choose between 1 and {num_blocks - 1}")
+    return k
+
+
+@dataclass
+class SearchResult:
+    """The chosen mask and how the search got there."""
+
+    mask: Mask
+    loss: float
+    dense_loss: float
+    method: str
+    k: int
+    config: dict[str, Any]
+    stats: dict[str, int]
+    seconds: float
+    steps: int
+    resumed: bool
+    trace: list[dict[str, Any]] = field(repr=False)
+
+    def summary(self) -> dict[str, Any]:
+        """What the record and the card keep (the trace stays in the run state)."""
+        data = asdict(self)
+        data.pop("trace")
+        data["mask"] = list(self.mask)
+        return data
+
+
+def _fingerprint(evaluator: Evaluator, k: int, config: SearchConfig) -> str:
+    """Identifies a run: resuming with another calibration set, model size or setting is refused."""
+    parts = [evaluator.num_blocks, k, sorted(asdict(config).items())]
+    ids = getattr(evaluator, "input_ids", None)
+    if ids is not None:
+        parts.append(hashlib.sha256(ids.cpu().numpy().tobytes()).hexdigest())
+    return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:16]
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def run_search(
+    evaluator: Evaluator,
+    k: int,
+    config: SearchConfig | None = None,
+    *,
+    state_dir: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> SearchResult:
+    """Run ``config.method`` to choose ``k`` blocks; checkpoint into ``state_dir`` when given."""
+    config = config or SearchConfig()
+    if config.method not in METHODS:
+        raise EvopError(f"unknown --method {config.method!r}; choose from {', '.join(METHODS)}")
+    k = num_drop(evaluator.num_blocks, k=k)
+    fingerprint = _fingerprint(evaluator, k, config)
+    state_path = Path(state_dir) / STATE_FILE if state_dir else None
+    saved: dict[str, Any] = {}
+    if state_path and state_path.is_file():
+        if not resume:
+            raise EvopError(f"{state_path.parent} holds an earlier search; pass --resume to continue it or --overwrite")
+        saved = json.loads(state_path.read_text())
+        if saved.get("fingerprint") != fingerprint:
+            raise EvopError(
+                "the saved search used another model, calibration set or settings; "
+                "re-run with the same options, or --overwrite to start over"
+            )
+        for mask, nll_sum, tokens, batches, complete in saved["memo"]:
+            evaluator.memo[as_mask(mask)] = Fitness(as_mask(mask), nll_sum, tokens, batches, complete)
+        evaluator.stats = EvaluatorStats(**saved["stats"])
+    trace: list[dict[str, Any]] = saved.get("trace", [])
+    elapsed = saved.get("seconds", 0.0)
+    started = time.perf_counter()
+    bar = tqdm(desc=f"{config.method} k={k}", unit="step", disable=not progress, initial=len(trace))
+
+    def report(row: dict[str, Any]) -> None:
+        row = {**row, **evaluator.stats.as_dict(), "seconds": round(elapsed + time.perf_counter() - started, 3)}
+        trace.append(row)
+        bar.update(1)
+        if row.get("best") is not None:
+            bar.set_postfix(best=f"{row['best']:.4f}", evals=row["evaluations"])
+
+    def checkpoint(method_state: dict[str, Any]) -> None:
+        if state_path is None:
+            return
+        memo = [[list(f.mask), f.nll_sum, f.tokens, f.batches, f.complete] for f in evaluator.memo.values()]
+        _write_json(state_path, {
+            "fingerprint": fingerprint, "method_state": method_state, "memo": memo, "trace": trace,
+            "stats": evaluator.stats.as_dict(), "seconds": elapsed + time.perf_counter() - started,
+        })
+        tmp = state_path.with_name(TRACE_FILE + ".tmp")
+        tmp.write_text("".join(json.dumps(row) + "\n" for row in trace))
+        os.replace(tmp, state_path.with_name(TRACE_FILE))
+
+    context = SearchContext(
+        evaluator, k, config, random.Random(config.seed), saved.get("method_state", {}), checkpoint, report
+    )
+    try:
+        mask = as_mask(METHODS[config.method](context))
+        loss = evaluator.loss(mask)
+        dense = evaluator.loss(())
+    finally:
+        bar.close()
+    return SearchResult(
+        mask=mask, loss=loss, dense_loss=dense, method=config.method, k=k, config=asdict(config),
+        stats=evaluator.stats.as_dict(), seconds=round(elapsed + time.perf_counter() - started, 3),
+        steps=len(trace), resumed=bool(saved), trace=trace,
+    )

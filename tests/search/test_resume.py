@@ -1,0 +1,79 @@
+"""`evop-hub prune` killed with SIGKILL mid-search resumes to the same answer as an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from evop_hub.calibration import CalibrationSet, tokenizer_fingerprint
+from evop_hub.search import STATE_FILE, TRACE_FILE
+
+from ..models.test_save_and_load import llama_dir  # noqa: F401  (fixture)
+
+ARGS = ["--num-drop", "3", "--population", "12", "--generations", "12", "--quiet", "--search-seed", "5"]
+
+
+def prune_cmd(model_dir, calibration, out, *extra):
+    return [sys.executable, "-m", "evop_hub.cli", "prune", str(model_dir), "--calibration", str(calibration),
+            "--output", str(out), *ARGS, *extra]
+
+
+@pytest.fixture
+def calibration_file(llama_dir, tmp_path):  # noqa: F811
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(llama_dir)
+    ids = torch.randint(0, 90, (8, 48), generator=torch.Generator().manual_seed(0))
+    meta = {"sampler": "random", "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer), "corpus": "synthetic"}
+    return CalibrationSet(ids, meta).save(tmp_path / "cal.safetensors")
+
+
+def bests(out):
+    rows = [json.loads(line) for line in (out / ".evop" / TRACE_FILE).read_text().splitlines()]
+    return [(r["step"], r.get("phase"), r["best"], r["best_mask"]) for r in rows]
+
+
+def test_sigkill_then_resume_matches_uninterrupted_run(llama_dir, calibration_file, tmp_path):  # noqa: F811
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    whole = tmp_path / "whole"
+    subprocess.run(prune_cmd(llama_dir, calibration_file, whole), check=True, env=env, capture_output=True)
+
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen(prune_cmd(llama_dir, calibration_file, cut), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = cut / ".evop" / STATE_FILE
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if state.is_file() and json.loads(state.read_text()).get("method_state", {}).get("generation", 0) >= 2:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the search finished before it could be killed; make it longer"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (cut / "config.json").exists(), "nothing is published before the search ends"
+
+    again = subprocess.run(prune_cmd(llama_dir, calibration_file, cut), env=env, capture_output=True, text=True)
+    assert again.returncode == 2 and "--resume" in again.stderr  # an interrupted run is not silently restarted
+
+    subprocess.run(prune_cmd(llama_dir, calibration_file, cut, "--resume"), check=True, env=env, capture_output=True)
+    record_whole = json.loads((whole / "evop_pruning.json").read_text())
+    record_cut = json.loads((cut / "evop_pruning.json").read_text())
+    assert record_cut["dropped_blocks"] == record_whole["dropped_blocks"]
+    assert record_cut["search"]["resumed"] is True
+    assert bests(cut) == bests(whole)
+
+
+def test_resume_with_other_settings_is_refused(llama_dir, calibration_file, tmp_path):  # noqa: F811
+    out = tmp_path / "run"
+    subprocess.run(prune_cmd(llama_dir, calibration_file, out), check=True, capture_output=True)
+    changed = prune_cmd(llama_dir, calibration_file, out, "--resume")
+    changed[changed.index("5")] = "6"  # another search seed
+    result = subprocess.run(changed, capture_output=True, text=True)
+    assert result.returncode == 2 and "another model, calibration set or settings" in result.stderr
