@@ -27,15 +27,21 @@ app = typer.Typer(
 _state = {"debug": False}
 
 
+class _EchoHandler(logging.Handler):
+    """evop-hub's log lines go to whatever stderr is current (CliRunner swaps it in tests)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        typer.echo(record.getMessage(), err=True)
+
+
 @app.callback()
 def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
 ) -> None:
     _state["debug"] = debug
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(message)s"))
     ours = logging.getLogger("evop_hub")
-    ours.addHandler(handler)
+    if not any(isinstance(h, _EchoHandler) for h in ours.handlers):
+        ours.addHandler(_EchoHandler())
     ours.setLevel(logging.DEBUG if debug else logging.INFO)
     ours.propagate = False
     if not debug:  # retries and load reports from the libraries only with --debug
@@ -159,24 +165,160 @@ def ppl(
     trust_remote_code: TrustOpt = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Perplexity on corpora: non-overlapping windows, token-weighted mean NLL (the pruning papers' protocol)."""
+    """Perplexity on corpora: non-overlapping windows, token-weighted mean NLL; recorded in DIR's evop_pruning.json."""
     from .data import load_corpus
-    from .evaluate.perplexity import PerplexityConfig, parse_seq_len, perplexity
+    from .evaluate.perplexity import PerplexityConfig, parse_seq_len, perplexity, record_perplexity
+    from .record import RECORD_NAME
 
     config = PerplexityConfig(parse_seq_len(seq_len), batch_size, max_windows)
     corpora = [load_corpus(spec.strip(), data_dir) for spec in corpus.split(",") if spec.strip()]  # fail before loading
     if not corpora:
         raise EvopError("--corpus names no corpus; give e.g. --corpus wikitext2:test")
     loaded = _load(model, revision, dtype, device_map, max_memory, offload_folder, trust_remote_code)
-    results = [perplexity(loaded.model, loaded.tokenizer, c, config).to_dict() for c in corpora]
+    results = [perplexity(loaded.model, loaded.tokenizer, c, config) for c in corpora]
+    if (Path(model) / RECORD_NAME).is_file():
+        record_perplexity(model, results)
     if as_json:
-        typer.echo(json.dumps({"model": model, "results": results}, indent=2))
-        return
-    rows = [{**r, "nll": f"{r['nll']:.4f}", "ppl": f"{r['ppl']:.3f}"} for r in results]
-    widths = {key: max(len(key), *(len(str(row[key])) for row in rows)) for key in rows[0]}
-    typer.echo("  ".join(f"{key:<{w}}" for key, w in widths.items()).rstrip())
-    for row in rows:
-        typer.echo("  ".join(f"{row[key]!s:<{w}}" for key, w in widths.items()).rstrip())
+        typer.echo(json.dumps({"model": model, "results": [r.to_dict() for r in results]}, indent=2))
+    else:
+        rows = [{**r.to_dict(), "nll": f"{r.nll:.4f}", "ppl": f"{r.ppl:.3f}"} for r in results]
+        widths = {key: max(len(key), *(len(str(row[key])) for row in rows)) for key in rows[0]}
+        typer.echo("  ".join(f"{key:<{w}}" for key, w in widths.items()).rstrip())
+        for row in rows:
+            typer.echo("  ".join(f"{row[key]!s:<{w}}" for key, w in widths.items()).rstrip())
+    _recorded_note(model, "perplexity")
+
+
+def _recorded_note(directory: str, key: str) -> None:
+    from .record import RECORD_NAME
+
+    if (Path(directory) / RECORD_NAME).is_file():
+        typer.echo(f"recorded under scores.{key} in {Path(directory) / RECORD_NAME}", err=True)
+
+
+@app.command()
+def tasks(
+    model: ModelArg,
+    task_names: Annotated[
+        Optional[str], typer.Option("--tasks", help="Comma-separated lm-eval task names (default: the paper's arc_easy, arc_challenge, hellaswag, piqa, winogrande).")
+    ] = None,
+    num_fewshot: Annotated[
+        int, typer.Option("--num-fewshot", help="Examples in each prompt (the paper's tables are 0-shot; EvoP's code used 3).")
+    ] = 0,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N examples per task (quick looks).")] = None,
+    include_path: Annotated[
+        Optional[Path], typer.Option("--include-path", help="Folder of extra task YAMLs, e.g. with local data files.")
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Requests per forward pass.")] = 8,
+    revision: RevisionOpt = None,
+    dtype: DtypeOpt = "auto",
+    device_map: DeviceMapOpt = None,
+    trust_remote_code: TrustOpt = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Downstream accuracy through lm-evaluation-harness (the `eval` extra); recorded in DIR's evop_pruning.json."""
+    from .evaluate.tasks import PAPER_TASKS, TasksConfig
+    from .evaluate.tasks import tasks as run_tasks
+    from .models import LoadConfig
+
+    names = [t.strip() for t in task_names.split(",") if t.strip()] if task_names else list(PAPER_TASKS)
+    config = TasksConfig(
+        tasks=names,
+        num_fewshot=num_fewshot,
+        batch_size=batch_size,
+        limit=limit,
+        include_path=str(include_path) if include_path else None,
+        load=LoadConfig(revision=revision, dtype=dtype, device_map=device_map, trust_remote_code=trust_remote_code),
+    )
+    result = run_tasks(model, None, config)
+    typer.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.table())
+    _recorded_note(model, "tasks")
+
+
+@app.command()
+def speed(
+    dense: Annotated[str, typer.Argument(help="The dense model: Hub id, local directory, .gguf file or `smollm2-135m`.")],
+    compare: Annotated[str, typer.Option("--compare", help="The pruned model directory (its record gets the result).")],
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Sequences generated at once.")] = 1,
+    prompt_len: Annotated[int, typer.Option("--prompt-len", help="Prompt tokens (random ids).")] = 512,
+    new_tokens: Annotated[int, typer.Option("--new-tokens", help="Tokens generated with the KV cache.")] = 128,
+    warmup: Annotated[int, typer.Option("--warmup", help="Untimed runs per model first.")] = 2,
+    repeats: Annotated[int, typer.Option("--repeats", help="Timed runs per model; medians are reported.")] = 5,
+    device: Annotated[Optional[str], typer.Option("--device", help="One device for both models: cpu, cuda, cuda:1 ... (default: cpu).")] = None,
+    dtype: DtypeOpt = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Prefill and decode speed, latency and peak memory of a pruned model against its dense source."""
+    from .evaluate.speed import SpeedConfig
+    from .evaluate.speed import speed as run_speed
+
+    config = SpeedConfig(batch_size, prompt_len, new_tokens, warmup, repeats, device=device, dtype=dtype)
+    result = run_speed(dense, compare, config)
+    typer.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.table())
+    _recorded_note(compare, "speed")
+
+
+# ---------------------------------------------------------------- calibration data (evop_hub.calibration)
+# Calibration options, shared by `calibrate` and `prune`.
+CalibCorpusOpt = Annotated[
+    str, typer.Option("--corpus", help="NAME[:SPLIT] (wikitext2, c4, wiki-leads, pydoc) or a .txt/.jsonl path to draw from.")
+]
+SamplerOpt = Annotated[str, typer.Option("--sampler", help="ccds (EvoP's cluster-based sampling) or random (SLEB's windows).")]
+ClustersOpt = Annotated[int, typer.Option("--clusters", help="k: KMeans clusters of the corpus's sentence chunks.")]
+SamplesPerClusterOpt = Annotated[int, typer.Option("--samples-per-cluster", help="n: samples drawn from each cluster.")]
+CalibSeqLenOpt = Annotated[int, typer.Option("--seq-len", help="Tokens per calibration sample.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of clustering and sampling: one seed, one identical file.")]
+SentencesPerChunkOpt = Annotated[int, typer.Option("--sentences-per-chunk", help="Sentences per embedded chunk.")]
+EmbedderOpt = Annotated[
+    str, typer.Option("--embedder", help="sentence-transformers Hub id or local folder (default: bundled all-MiniLM-L6-v2).")
+]
+
+
+@app.command()
+def calibrate(
+    model: ModelArg,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Calibration file to write (.safetensors).")],
+    corpus: CalibCorpusOpt = "wikitext2:train",
+    sampler: SamplerOpt = "ccds",
+    clusters: ClustersOpt = 5,
+    samples_per_cluster: SamplesPerClusterOpt = 1,
+    seq_len: CalibSeqLenOpt = 2048,
+    seed: SeedOpt = 0,
+    sentences_per_chunk: SentencesPerChunkOpt = 4,
+    embedder: EmbedderOpt = "all-MiniLM-L6-v2",
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Also draw the chunk clusters in 2-D to this PNG.")] = None,
+    data_dir: DataDirOpt = None,
+    revision: RevisionOpt = None,
+    trust_remote_code: TrustOpt = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing --output and --plot files.")] = False,
+) -> None:
+    """Draw a calibration set with MODEL's tokenizer and save it for `evop-hub prune --calibration FILE`."""
+    from .calibration import CalibrationConfig
+    from .calibration import calibrate as draw
+    from .calibration.calibration_set import refuse_existing
+    from .models import LoadConfig, load_tokenizer
+
+    config = CalibrationConfig(
+        sampler, clusters, samples_per_cluster, seq_len, seed, sentences_per_chunk, embedder,
+        data_dir=str(data_dir) if data_dir else None,
+    )
+    if plot is not None and sampler != "ccds":
+        raise EvopError(f"--plot draws the CCDS clusters; --sampler {sampler} has none")
+    for path in (output, plot):
+        if path is not None:
+            refuse_existing(path, overwrite)  # before the slow part, not after it
+    tokenizer = load_tokenizer(model, LoadConfig(revision=revision, trust_remote_code=trust_remote_code))
+    calibration = draw(corpus, tokenizer, config)
+    path = calibration.save(output, overwrite=overwrite)
+    meta = calibration.metadata
+    rows, length = calibration.input_ids.shape
+    typer.echo(f"wrote {path}: {rows} samples x {length} tokens, {sampler} from {meta['corpus']}:{meta['split']}")
+    for j, info in enumerate(meta.get("clusters", [])):
+        typer.echo(f"  cluster {j}: {info['size']} chunks; {', '.join(info['top_terms'][:6])}")
+    if "nmi" in meta:
+        typer.echo(f"  NMI vs topic labels: {meta['nmi']['clusters']:.3f} (random, same sizes: {meta['nmi']['random_same_sizes']:.3f})")
+    if plot is not None:
+        typer.echo(f"wrote {calibration.plot(plot, overwrite=overwrite)}")
 
 
 # ---------------------------------------------------------------- publishing (evop_hub.hub)
@@ -254,6 +396,113 @@ def space(
     from .hub import serve
 
     serve(output_dir, port=port, base=base, with_base=not no_base)
+
+
+# ---------------------------------------------------------------- pruning (evop_hub.prune)
+@app.command()
+def prune(
+    model: Annotated[str, typer.Argument(help="Hub id, local directory, .gguf file, or `smollm2-135m`.")] = "smollm2-135m",
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Directory for the pruned model (default: named after the model).")] = None,
+    sparsity: Annotated[Optional[float], typer.Option("--sparsity", help="Fraction removed, in the method's unit: blocks, k = ceil(sparsity x blocks) (search methods, default 0.2); weights (wanda, default 0.5); hidden channels (slicegpt, default 0.25).")] = None,
+    num_drop: Annotated[Optional[int], typer.Option("--num-drop", help="Drop exactly K blocks (overrides --sparsity).")] = None,
+    method: Annotated[str, typer.Option("--method", help="evop | sleb | exhaustive | random | shortgpt | angular (blocks); wanda | slicegpt (width baselines)")] = "evop",
+    pattern: Annotated[Optional[str], typer.Option("--pattern", help="wanda: N:M sparsity, e.g. 2:4 (at most N nonzero weights in every M inputs).")] = None,
+    preset: Annotated[str, typer.Option("--preset", help="paper (EvoP's settings) or quick (minutes on a CPU).")] = "paper",
+    calibration: Annotated[Optional[Path], typer.Option("--calibration", help="A file from `evop-hub calibrate` (else one is drawn).")] = None,
+    corpus: Annotated[Optional[str], typer.Option("--corpus", help="Calibration corpus (default: wikitext2:train, else wiki-leads:train).")] = None,
+    sampler: SamplerOpt = "ccds",
+    clusters: ClustersOpt = 5,
+    samples_per_cluster: SamplesPerClusterOpt = 1,
+    seq_len: Annotated[Optional[int], typer.Option("--seq-len", help="Tokens per calibration sample (default 2048; quick: 128).")] = None,
+    embedder: EmbedderOpt = "all-MiniLM-L6-v2",
+    data_dir: DataDirOpt = None,
+    seed: Annotated[int, typer.Option("--seed", help="Sets both --calib-seed and --search-seed.")] = 0,
+    calib_seed: Annotated[Optional[int], typer.Option("--calib-seed", help="Seed of the calibration draw.")] = None,
+    search_seed: Annotated[Optional[int], typer.Option("--search-seed", help="Seed of the search.")] = None,
+    population: Annotated[Optional[int], typer.Option("--population", help="evop: patterns per generation.")] = None,
+    generations: Annotated[Optional[int], typer.Option("--generations", help="evop: most generations.")] = None,
+    exhaustive_limit: Annotated[int, typer.Option("--exhaustive-limit", help="exhaustive: most patterns to enumerate.")] = 50_000,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Calibration samples per forward.")] = 1,
+    cache_gib: Annotated[float, typer.Option("--cache-gib", help="Memory for cached prefix hidden states.")] = 1.0,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Write the convergence plot to this PNG.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the search saved in OUTPUT/.evop.")] = False,
+    overwrite: OverwriteOpt = False,
+    revision: RevisionOpt = None,
+    dtype: DtypeOpt = "auto",
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemoryOpt = None,
+    offload_folder: OffloadOpt = None,
+    trust_remote_code: TrustOpt = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+    push_to_hub: Annotated[bool, typer.Option("--push", help="Publish the result (and a demo Space) on the Hub.")] = False,
+    repo_id: RepoIdOpt = None,
+    private: PrivateOpt = True,
+    no_space: NoSpaceOpt = False,
+    space_hardware: SpaceHardwareOpt = None,
+) -> None:
+    """Choose blocks by search on a calibration set (CCDS + EvoP by default), remove them, save the smaller model."""
+    from dataclasses import replace
+
+    from .calibration import CalibrationConfig
+    from .models import LoadConfig, parse_max_memory
+    from .baselines import BASELINES
+    from .prune import PruneConfig, apply_preset
+    from .prune import prune as run_prune
+    from .hub import PushConfig, check_push
+    from .hub import push as push_dir
+    from .report.plots import convergence_plot
+
+    push_config = PushConfig(repo_id=repo_id, private=private, space=not no_space, space_hardware=space_hardware)
+    if push_to_hub:
+        check_push(push_config)  # a missing token or bad repo id fails now, not after the search
+    config = apply_preset(PruneConfig(), preset)
+    cal = config.calibration
+    config = replace(
+        config,
+        sparsity=sparsity if sparsity is not None or method in BASELINES else config.sparsity,
+        pattern=pattern,
+        num_drop=num_drop,
+        search=replace(
+            config.search,
+            method=method,
+            seed=seed if search_seed is None else search_seed,
+            population=population or config.search.population,
+            generations=generations or config.search.generations,
+            exhaustive_limit=exhaustive_limit,
+        ),
+        calibration=CalibrationConfig(
+            sampler, clusters, samples_per_cluster, seq_len or cal.seq_len, seed if calib_seed is None else calib_seed,
+            cal.sentences_per_chunk, embedder, data_dir=str(data_dir) if data_dir else None,
+        ),
+        corpus=corpus or config.corpus,
+        calibration_file=str(calibration) if calibration else None,
+        batch_size=batch_size,
+        cache_gib=cache_gib,
+        load=LoadConfig(revision, dtype, device_map, parse_max_memory(max_memory),
+                        str(offload_folder) if offload_folder else None, trust_remote_code),
+        output=str(output or Path("outputs") / f"{Path(model).name.removesuffix('.gguf')}-{method}"),
+        overwrite=overwrite,
+        resume=resume,
+        progress=not quiet,
+        command=command_line(),
+    )
+    result = run_prune(model, config)
+    losses = result.record.scores["calibration_loss"]
+    if result.search is None:  # a width baseline: nothing was searched
+        typer.echo(f"{result.record.search['summary']}; calibration loss {losses['dense']:.4f} -> {losses['pruned']:.4f}")
+        typer.echo(f"saved {result.output}")
+        return
+    typer.echo(
+        f"dropped blocks {result.mask} ({len(result.mask)} of {result.record.num_blocks}, "
+        f"{100 * (result.record.parameter_reduction or 0):.1f}% of parameters); calibration loss "
+        f"{losses['dense']:.4f} -> {losses['pruned']:.4f}; {result.search.stats['evaluations']} evaluations "
+        f"in {result.search.seconds:.0f}s"
+    )
+    if plot:
+        typer.echo(f"wrote {convergence_plot(result.search.trace, plot)}")
+    typer.echo(f"saved {result.output}")
+    if push_to_hub:
+        print_push(push_dir(result.output, push_config))
 
 
 def main() -> None:

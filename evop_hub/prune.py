@@ -32,6 +32,7 @@ class PruneConfig:
     """Everything ``evop-hub prune`` does, as data. ``num_drop`` wins over ``sparsity``."""
 
     sparsity: float | None = 0.2  # fraction of blocks; k = ceil(sparsity x blocks) as EvoP computes it
+    # (the baselines read it in their own unit: weights for wanda, hidden channels for slicegpt; None: their default)
     num_drop: int | None = None
     search: SearchConfig = field(default_factory=SearchConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
@@ -45,12 +46,14 @@ class PruneConfig:
     resume: bool = False
     progress: bool = True
     command: str | None = None
+    pattern: str | None = None  # wanda only: N:M semi-structured sparsity, e.g. "2:4"
 
 
 # Named settings for common cases; `--preset quick` runs on the offline model in minutes on 2 CPU cores.
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {},
-    "quick": {
+    "quick": {  # a small corpus split keeps CCDS's embedding short (about 1,000 chunks)
+        "corpus": "wiki-leads:valid",
         "calibration": {"seq_len": 128},
         "search": {"population": 12, "generations": 6, "patience": 3, "seed_sleb": False},
     },
@@ -63,6 +66,7 @@ def apply_preset(config: PruneConfig, name: str) -> PruneConfig:
     preset = PRESETS[name]
     return replace(
         config,
+        corpus=preset.get("corpus", config.corpus),
         calibration=replace(config.calibration, **preset.get("calibration", {})),
         search=replace(config.search, **preset.get("search", {})),
     )
@@ -75,7 +79,7 @@ class PruneResult:
     model: LoadedModel
     mask: list[int]
     record: PruningRecord
-    search: SearchResult
+    search: SearchResult | None  # None for the width baselines (evop_hub.baselines): nothing is searched
     output: Path | None = None
 
 
@@ -105,6 +109,10 @@ def _calibration(loaded: LoadedModel, config: PruneConfig, run_dir: Path | None)
 def prune(model: str | LoadedModel, config: PruneConfig | None = None) -> PruneResult:
     """Choose and remove blocks; save to ``config.output`` when set."""
     config = config or PruneConfig()
+    from .baselines import BASELINES, prune_baseline  # width-pruning baselines (wanda, slicegpt): no block search
+
+    if config.search.method in BASELINES:
+        return prune_baseline(model, config)
     output = prepare_output(config.output, overwrite=config.overwrite, resume=config.resume) if config.output else None
     loaded = model if isinstance(model, LoadedModel) else load(model, config.load)
     if loaded.record.dropped_blocks:

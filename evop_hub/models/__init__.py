@@ -42,4 +42,5 @@ __all__ = [
     "save",
     "state_dir",
     "text_config",
+    "validate_drop",
 ]

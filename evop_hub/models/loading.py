@@ -292,11 +292,13 @@ def load_tokenizer(name: str, config: LoadConfig | None = None) -> Any:
     config = config or LoadConfig()
     source = _resolve(name, config)
     try:
-        return AutoTokenizer.from_pretrained(
+        tokenizer = AutoTokenizer.from_pretrained(
             source.path, revision=source.revision, token=config.token, trust_remote_code=config.trust_remote_code
         )
     except (OSError, ValueError) as exc:
         raise _hub_error(exc, name) from exc
+    tokenizer.name_or_path = name
+    return tokenizer
 
 
 def load(name: str, config: LoadConfig | None = None) -> LoadedModel:
@@ -318,6 +320,7 @@ def load(name: str, config: LoadConfig | None = None) -> LoadedModel:
             ) from exc
         raise _hub_error(exc, name) from exc
     model.eval()
+    tokenizer.name_or_path = model.name_or_path = name  # records cite what the user typed, not a cache path
     if source.hub_id and source.format == "transformers":
         source.revision = getattr(model.config, "_commit_hash", None) or source.revision
         source.license = _hub_license(source.hub_id, source.revision, config.token)

@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import EvopError
+from ..hub.card import write_card
 from ..record import STATE_DIR
 from .loading import LoadedModel
 
@@ -50,15 +51,6 @@ def state_dir(output: str | Path) -> Path:
     return path
 
 
-def _write_card(directory: Path) -> None:
-    """The model card, when the hub extras are importable (they are part of the base install)."""
-    try:
-        from ..hub.card import write_card
-    except ImportError:  # INTEGRATION: hub.card lands with the hub helper
-        return
-    write_card(directory)
-
-
 def save(loaded: LoadedModel, output: str | Path, *, command: str | None = None) -> Path:
     """Save model, tokenizer, record and card into ``output``, replacing it atomically.
 
@@ -74,7 +66,7 @@ def save(loaded: LoadedModel, output: str | Path, *, command: str | None = None)
         loaded.model.save_pretrained(tmp)
         loaded.tokenizer.save_pretrained(tmp)
         loaded.record.save(tmp)
-        _write_card(tmp)
+        write_card(tmp)
         if output.exists():
             if (output / STATE_DIR).exists():
                 os.replace(output / STATE_DIR, tmp / STATE_DIR)

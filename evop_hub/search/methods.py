@@ -34,7 +34,8 @@ class SearchConfig:
     polished by a swap local search, so the answer is a local optimum under single swaps
     (a plain GA's answer often is not: our k=6 SmolLM2 measurement lost to SLEB that way).
     With ``seed_sleb`` SLEB's greedy answer joins the first population, so the search
-    never ends above SLEB on the same calibration.
+    never ends above SLEB on the same calibration. A generation never holds more than about
+    the square root of the number of possible patterns, so small spaces are searched, not swept.
     """
 
     method: str = "evop"
@@ -165,10 +166,14 @@ def _weighted_sample(rng: random.Random, weights: list[float], k: int) -> list[i
     return chosen
 
 
+def population_size(ctx: SearchContext) -> int:
+    return min(ctx.config.population, max(6, math.isqrt(math.comb(ctx.num_blocks, ctx.k))))
+
+
 def _initial_population(ctx: SearchContext) -> list[Mask]:
     """Redundancy-seeded: the k most redundant blocks, draws biased toward redundant blocks, and
     uniform draws for diversity (a third each); SLEB's answer too when ``seed_sleb``."""
-    m, k, size = ctx.num_blocks, ctx.k, ctx.config.population
+    m, k, size = ctx.num_blocks, ctx.k, population_size(ctx)
     influence = [1 - c for c in ctx.evaluator.layer_cosines(1)]
     rank = sorted(range(m), key=lambda i: influence[i])
     weights = [0.0] * m
@@ -217,8 +222,8 @@ def local_search(ctx: SearchContext, start: Fitness) -> Fitness:
 
 def evop(ctx: SearchContext) -> Mask:
     """EPPS (EvoP's evolutionary pruning-pattern search) with the refinements in ``SearchConfig``."""
-    cfg = ctx.config
-    survivors = max(2, math.ceil(cfg.survivors * cfg.population))
+    cfg, size = ctx.config, population_size(ctx)
+    survivors = max(2, math.ceil(cfg.survivors * size))
     if ctx.state:
         population = [as_mask(m) for m in ctx.state["population"]]
         generation, stale, best_loss = ctx.state["generation"], ctx.state["stale"], ctx.state["best_loss"]
@@ -235,7 +240,7 @@ def evop(ctx: SearchContext) -> Mask:
         ctx.report(_row(generation, fits, fits[0]))
         children = parents[: cfg.elites]
         attempts = 0
-        while len(children) < cfg.population and attempts < 50 * cfg.population:
+        while len(children) < size and attempts < 50 * size:
             attempts += 1
             child = _child(ctx, *ctx.rng.sample(parents, 2))
             if child not in children:

@@ -1,0 +1,141 @@
+"""A calibration set on disk: one safetensors file, token ids plus JSON metadata.
+
+Safetensors rather than pickle so a file downloaded from someone else cannot run code when
+loaded. The file records the tokenizer's fingerprint because token ids are meaningless, and
+silently wrong, under any other tokenizer. It also keeps each chunk's cluster and 2-D position,
+so the cluster picture can be redrawn from the file alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from ..errors import EvopError
+
+FORMAT = "evop-hub-calibration"
+VERSION = 1
+METADATA_KEY = "evop_calibration"  # the only metadata key: safetensors does not fix the order of several
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """A hash of the vocabulary: equal for copies of one tokenizer wherever they were loaded from."""
+    vocab = sorted(tokenizer.get_vocab().items())
+    return hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode("utf-8")).hexdigest()[:16]
+
+
+def refuse_existing(path: str | Path, overwrite: bool) -> Path:
+    """Check before the long work that an output will not replace a user's file by accident."""
+    path = Path(path).expanduser()
+    if path.exists() and not overwrite:
+        raise EvopError(f"{path} already exists; pass --overwrite to replace it or choose another name")
+    if path.is_dir():
+        raise EvopError(f"{path} is a directory; give a file name")
+    return path
+
+
+@contextmanager
+def _atomic(path: str | Path, overwrite: bool) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; it replaces ``path`` only if the block succeeds."""
+    path = refuse_existing(path, overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # created by the writer: the user's umask applies
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@dataclass
+class CalibrationSet:
+    input_ids: torch.Tensor  # [samples, seq_len], int64
+    metadata: dict[str, Any]
+    arrays: dict[str, torch.Tensor] = field(default_factory=dict)  # chunk_cluster [chunks], chunk_xy [chunks, 2]
+
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        from safetensors.torch import save
+
+        tensors = {"input_ids": self.input_ids.contiguous(), **{k: v.contiguous() for k, v in self.arrays.items()}}
+        data = save(tensors, metadata={METADATA_KEY: json.dumps(self.metadata, ensure_ascii=False)})
+        with _atomic(path, overwrite) as tmp:
+            tmp.write_bytes(data)
+        return Path(path).expanduser()
+
+    @classmethod
+    def load(cls, path: str | Path, tokenizer: Any = None) -> CalibrationSet:
+        """Read a file written by :meth:`save`; with ``tokenizer``, refuse one made with another tokenizer."""
+        from safetensors import safe_open
+
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise EvopError(f"calibration file {path} not found; make one with `evop-hub calibrate`")
+        try:
+            with safe_open(path, framework="pt") as f:
+                raw = (f.metadata() or {}).get(METADATA_KEY)
+                tensors = {name: f.get_tensor(name) for name in f.keys()}
+        except Exception as exc:  # noqa: BLE001 - safetensors raises several types for a bad file
+            raise EvopError(f"{path} is not a readable safetensors file ({exc}); make one with `evop-hub calibrate`") from None
+        if raw is None or "input_ids" not in tensors:
+            raise EvopError(f"{path} is not an evop-hub calibration file; make one with `evop-hub calibrate`")
+        metadata = json.loads(raw)
+        if metadata.get("version", 0) > VERSION:
+            raise EvopError(f"{path} was written by a newer evop-hub (format version {metadata['version']}); upgrade evop-hub")
+        calibration = cls(tensors.pop("input_ids"), metadata, tensors)
+        if tokenizer is not None:
+            calibration.check_tokenizer(tokenizer, where=str(path))
+        return calibration
+
+    def check_tokenizer(self, tokenizer: Any, where: str = "the calibration set") -> None:
+        expected, actual = self.metadata.get("tokenizer_fingerprint"), tokenizer_fingerprint(tokenizer)
+        if expected != actual:
+            raise EvopError(
+                f"{where} was made with tokenizer {self.metadata.get('tokenizer')!r} (fingerprint {expected}), "
+                f"not with this model's {getattr(tokenizer, 'name_or_path', '?')!r} ({actual}); "
+                f"run `evop-hub calibrate` again with this model"
+            )
+
+    def summary(self) -> dict[str, Any]:
+        """What the model card and ``evop_pruning.json`` keep: provenance, cluster sizes, snippets, top terms."""
+        hidden = {"format", "version", "samples", "source", "tokenizer_fingerprint"}
+        info = {key: value for key, value in self.metadata.items() if key not in hidden}
+        if "clusters" in info:
+            info["snippets"] = [c["snippets"][0] if c["snippets"] else "" for c in info["clusters"]]
+        return info
+
+    def plot(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """The paper's Fig. 1b: chunk embeddings in 2-D, coloured by cluster."""
+        import matplotlib
+        from matplotlib.figure import Figure  # no pyplot: leave the caller's backend and global state alone
+
+        if "chunk_xy" not in self.arrays:
+            raise EvopError(
+                f"a calibration set drawn with sampler {self.metadata.get('sampler')!r} has no clusters to plot; use --sampler ccds"
+            )
+        meta = self.metadata
+        xy, labels = self.arrays["chunk_xy"].numpy(), self.arrays["chunk_cluster"].numpy()
+        colours = matplotlib.colormaps["tab10" if meta["k"] <= 10 else "tab20"]
+        fig = Figure(figsize=(8, 6.5), dpi=120, layout="constrained")
+        ax = fig.add_subplot()
+        for j, info in enumerate(meta["clusters"]):
+            mask = labels == j
+            terms = ", ".join(info["top_terms"][:3])
+            ax.scatter(xy[mask, 0], xy[mask, 1], s=5, alpha=0.6, color=colours(j % colours.N), label=f"{j} ({info['size']}): {terms}")
+        ax.legend(fontsize=7, markerscale=3, title="cluster (chunks): top terms", title_fontsize=7)
+        title = f"{meta['corpus']}:{meta['split']}, {meta['chunks']} chunks of {meta['sentences_per_chunk']} sentences, k={meta['k']}"
+        subtitle = f"embedder {meta['embedder']}; {meta['projection']} projection"
+        if "nmi" in meta:
+            subtitle += f"; NMI vs topics {meta['nmi']['clusters']:.3f} (random, same sizes: {meta['nmi']['random_same_sizes']:.3f})"
+        ax.set_title(f"{title}\n{subtitle}", fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        with _atomic(path, overwrite) as tmp:
+            fig.savefig(tmp, format=Path(path).suffix.lstrip(".").lower() or "png")
+        return Path(path).expanduser()

@@ -1,0 +1,145 @@
+"""Perplexity by the standard pruning-paper protocol, computed through the block runner.
+
+Protocol (SLEB, Wanda, EvoP): tokenize the whole joined split once, cut it into
+non-overlapping windows of ``seq_len`` tokens (the incomplete tail is dropped), score every
+next-token prediction inside each window, and report exp of the token-weighted mean NLL.
+
+BOS: when the tokenizer puts a BOS token in front of what it encodes (Llama, Mistral,
+Gemma), every window starts with BOS followed by ``seq_len - 1`` text tokens, so each window
+looks like the start of a document, as the model saw in training; Wanda and SLEB add BOS to
+the first window only, which gives slightly different numbers for those models. Tokenizers
+that add no BOS (GPT-2, SmolLM2, Qwen) get plain ``seq_len``-token slices, identical to theirs.
+
+The loss goes through ``BlockRunner.nll``: float32 cross-entropy over chunks of positions,
+so full float32 logits of a large vocabulary never exist at once, and the same code path
+as the search, which makes its scores and these numbers the same measurement.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..data import Corpus
+from ..errors import EvopError
+from ..models import BlockRunner, text_config
+from ..record import PruningRecord
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SEQ_LEN = 2048  # SLEB's window; EvoP's and Wanda's code use the model's full context ("max")
+
+
+@dataclass
+class PerplexityConfig:
+    seq_len: int | str = DEFAULT_SEQ_LEN  # tokens per window, or "max" for the model's context length
+    batch_size: int = 1  # windows per forward pass
+    max_windows: int | None = None  # score only the first N windows (quick looks; numbers then not comparable)
+
+
+@dataclass
+class PerplexityResult:
+    corpus: str
+    split: str
+    form: str
+    seq_len: int
+    windows: int
+    tokens: int  # predicted (scored) tokens
+    nll: float  # mean NLL per scored token, in nats
+    ppl: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def parse_seq_len(text: str) -> int | str:
+    """``--seq-len`` as typed: a number of tokens or "max"."""
+    if text == "max":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise EvopError(f"--seq-len must be a number of tokens or 'max', not {text!r}") from None
+
+
+def window_length(model: torch.nn.Module, seq_len: int | str) -> int:
+    """The window length actually used: ``seq_len`` capped at the model's context, or the context for "max"."""
+    context = getattr(text_config(model), "max_position_embeddings", None)
+    if seq_len == "max":
+        if context is None:
+            raise EvopError("the model config has no max_position_embeddings; pass an explicit --seq-len")
+        return context
+    if not isinstance(seq_len, int) or seq_len < 2:
+        raise EvopError(f"seq_len must be an integer of at least 2 or 'max', not {seq_len!r}")
+    if context is not None and seq_len > context:
+        log.warning("seq_len %d exceeds the model's context of %d tokens; using %d", seq_len, context, context)
+        return context
+    return seq_len
+
+
+def make_windows(tokenizer, corpus: Corpus, seq_len: int, max_windows: int | None = None) -> torch.Tensor:
+    """The (windows, seq_len) token matrix of the protocol, BOS-led when the tokenizer uses BOS."""
+    ids = tokenizer(corpus.text, add_special_tokens=False, verbose=False)["input_ids"]
+    bos = tokenizer.bos_token_id
+    uses_bos = bos is not None and tokenizer("a")["input_ids"][:1] == [bos]
+    step = seq_len - 1 if uses_bos else seq_len
+    count = len(ids) // step
+    if count == 0:
+        raise EvopError(
+            f"{corpus.name}:{corpus.split} has only {len(ids)} tokens, fewer than one window of {seq_len}; "
+            "pass a smaller --seq-len or a larger split"
+        )
+    if max_windows is not None:
+        count = min(count, max_windows)
+    windows = torch.tensor(ids[: count * step], dtype=torch.long).view(count, step)
+    if uses_bos:
+        windows = torch.cat([torch.full((count, 1), bos, dtype=torch.long), windows], dim=1)
+    return windows
+
+
+@torch.no_grad()
+def perplexity(
+    model: torch.nn.Module, tokenizer, corpus: Corpus, config: PerplexityConfig | None = None
+) -> PerplexityResult:
+    """Perplexity of ``model`` on ``corpus``; works on device-mapped models (blocks run where they live)."""
+    config = config or PerplexityConfig()
+    if config.batch_size < 1 or (config.max_windows is not None and config.max_windows < 1):
+        raise EvopError(
+            f"batch_size and max_windows must be at least 1, not {config.batch_size} and {config.max_windows}"
+        )
+    seq_len = window_length(model, config.seq_len)
+    windows = make_windows(tokenizer, corpus, seq_len, config.max_windows)
+    # Accelerate's hooks move inputs on device-mapped models (whose embeddings may even sit on "meta").
+    device = None if getattr(model, "hf_device_map", None) else model.get_input_embeddings().weight.device
+    runner = BlockRunner(model)
+    total, tokens = 0.0, 0
+    batches = windows.split(config.batch_size)
+    for batch in tqdm(batches, desc=f"ppl {corpus.name}:{corpus.split} ({seq_len} tokens/window)", unit="batch"):
+        batch = batch if device is None else batch.to(device)
+        nll_sum, count = runner.nll(runner.run(runner.prepare(batch)), batch)
+        total += nll_sum.item()
+        tokens += count
+    nll = total / tokens
+    return PerplexityResult(corpus.name, corpus.split, corpus.form, seq_len, len(windows), tokens, nll, math.exp(nll))
+
+
+def record_perplexity(directory: str | Path, results: list[PerplexityResult]) -> None:
+    """Put results under ``scores["perplexity"]["CORPUS:SPLIT"]`` of an output directory's record, as ``pruned``.
+
+    A ``dense`` figure already there is kept only if it was measured with the same window
+    length and text form; otherwise the two numbers would not be comparable.
+    """
+    record = PruningRecord.load(directory)
+    table = record.scores.setdefault("perplexity", {})
+    for result in results:
+        key = f"{result.corpus}:{result.split}"
+        old = table.get(key) if isinstance(table.get(key), dict) else {}
+        same = (old.get("seq_len"), old.get("form")) == (result.seq_len, result.form)
+        dense = {"dense": old["dense"]} if same and "dense" in old else {}
+        table[key] = {**dense, "pruned": result.ppl, **result.to_dict()}
+    record.save(directory)

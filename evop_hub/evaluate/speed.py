@@ -1,0 +1,302 @@
+"""Measured inference speed of a pruned model against its dense source.
+
+Removing blocks is the whole point of EvoP's speedup (the paper reports 1.10x at 10 % and
+1.23x at 20 % of blocks removed on a 13B model), so it is measured, not estimated: both
+models run the same greedy generation on the same random prompts, interleaved so drifting
+machine load hits both alike, and the medians of several repeats are compared.
+
+Each run is one greedy generation of ``new_tokens`` timed in two parts: prefill, the
+prompt's forward pass that yields the first token, and decode, the ``new_tokens - 1``
+single-token steps on the KV cache. GPU runs are timed with CUDA events (no host sync
+inside the timed region), CPU runs with ``perf_counter``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import inspect
+import platform
+import re
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import EvopError
+from ..models import LoadConfig, count_parameters, find_blocks
+from .tasks import open_model, out_of_memory, record_scores
+
+PROC_STATUS = Path("/proc/self/status")
+
+
+@dataclass
+class SpeedConfig:
+    """Workload of the comparison; both models get exactly the same one."""
+
+    batch_size: int = 1
+    prompt_len: int = 512
+    new_tokens: int = 128
+    warmup: int = 2
+    repeats: int = 5
+    seed: int = 0
+    device: str | None = None  # where to load models given as paths; in-memory models stay where they are
+    dtype: str = "auto"  # dtype for models given as paths
+
+
+@dataclass
+class ModelSpeed:
+    """Medians over the repeats for one model, and the raw timings they come from."""
+
+    parameters: int
+    blocks: int
+    prefill_s: float
+    decode_s: float
+    latency_s: float  # prompt in, new_tokens out
+    prefill_tokens_per_s: float
+    decode_tokens_per_s: float
+    peak_memory_bytes: int | None  # weights + the largest growth during one repeat
+    runs: list[dict[str, float]] = field(default_factory=list)
+
+
+@dataclass
+class SpeedResult:
+    """Dense against pruned under one ``SpeedConfig``; speedups are dense time / pruned time."""
+
+    config: SpeedConfig
+    device: str
+    hardware: str
+    timer: str
+    memory_method: str
+    dense: ModelSpeed
+    pruned: ModelSpeed
+    speedup: dict[str, float]
+    parameters_removed: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SpeedResult:
+        """Back from ``scores["speed"]`` of a record, e.g. to render ``table()`` in the model card."""
+        nested = {"config": SpeedConfig(**data["config"]), "dense": ModelSpeed(**data["dense"]),
+                  "pruned": ModelSpeed(**data["pruned"])}
+        return cls(**{**data, **nested})
+
+    def table(self) -> str:
+        d, p = self.dense, self.pruned
+        mib = lambda b: "n/a" if b is None else f"{b / 2**20:.1f}"  # noqa: E731
+        rows = [
+            ("parameters", f"{d.parameters:,}", f"{p.parameters:,}", f"-{self.parameters_removed:.1%}"),
+            ("blocks", str(d.blocks), str(p.blocks), ""),
+            ("prefill tokens/s", f"{d.prefill_tokens_per_s:.1f}", f"{p.prefill_tokens_per_s:.1f}",
+             f"{self.speedup['prefill']:.3f}x"),
+            ("decode tokens/s", f"{d.decode_tokens_per_s:.1f}", f"{p.decode_tokens_per_s:.1f}",
+             f"{self.speedup['decode']:.3f}x"),
+            ("latency s", f"{d.latency_s:.3f}", f"{p.latency_s:.3f}", f"{self.speedup['latency']:.3f}x"),
+            ("peak memory MiB", mib(d.peak_memory_bytes), mib(p.peak_memory_bytes), ""),
+        ]
+        c = self.config
+        lines = ["| | dense | pruned | pruned vs dense |", "| --- | --- | --- | --- |"]
+        lines += [f"| {' | '.join(r)} |" for r in rows]
+        lines += [
+            "",
+            f"batch {c.batch_size}, prompt {c.prompt_len}, new tokens {c.new_tokens}; "
+            f"median of {c.repeats} after {c.warmup} warm-up; {self.device} ({self.hardware})",
+            f"timer: {self.timer}; memory: {self.memory_method}",
+        ]
+        return "\n".join(lines)
+
+
+def _hardware(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpuinfo = Path("/proc/cpuinfo")
+    name = platform.processor() or platform.machine()
+    if cpuinfo.is_file():
+        found = re.search(r"model name\s*:\s*(.+)", cpuinfo.read_text())
+        name = found.group(1).strip() if found else name
+    return f"{name}, torch threads: {torch.get_num_threads()}"
+
+
+class _PeakMemory:
+    """Growth of device memory during one timed repeat, above what was in use before it.
+
+    CUDA: the caching allocator's own peak counter. CPU: the kernel's peak resident set
+    (VmHWM), reset through /proc/self/clear_refs, so Linux only; glibc's freed memory is
+    handed back first (malloc_trim) so one model's leftovers do not hide the next one's.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.cpu = device.type != "cuda" and PROC_STATUS.is_file()
+        try:
+            self.libc = ctypes.CDLL("libc.so.6") if self.cpu else None
+        except OSError:
+            self.libc = None
+        if device.type == "cuda":
+            self.method = "torch.cuda.max_memory_allocated"
+        elif self.cpu:
+            self.method = "process peak RSS growth (Linux VmHWM) + weight bytes"
+        else:
+            self.method = "not measured (CPU peak memory needs Linux /proc)"
+
+    def _rss(self, field_name: str) -> int:
+        return int(re.search(rf"{field_name}:\s+(\d+) kB", PROC_STATUS.read_text()).group(1)) * 1024
+
+    def start(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.base = torch.cuda.memory_allocated(self.device)
+        elif self.cpu:
+            if self.libc is not None:
+                self.libc.malloc_trim(0)
+            Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+            self.base = self._rss("VmRSS")
+
+    def growth(self) -> int | None:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) - self.base
+        if self.cpu:
+            return max(0, self._rss("VmHWM") - self.base)
+        return None
+
+
+class _Clock:
+    """Timestamps: CUDA events on GPU, ``perf_counter`` on CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.name = "torch.cuda.Event" if self.cuda else "time.perf_counter"
+
+    def mark(self) -> Any:
+        if not self.cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def seconds(self, start: Any, end: Any) -> float:
+        if not self.cuda:
+            return end - start
+        end.synchronize()
+        return start.elapsed_time(end) / 1000
+
+
+@torch.inference_mode()
+def _generate(
+    model: torch.nn.Module, ids: torch.Tensor, new_tokens: int, clock: _Clock
+) -> tuple[float, float, torch.Tensor]:
+    """Greedy generation with the KV cache, as ``generate`` does it: (prefill s, decode s, new tokens)."""
+    # Like generate, compute the prompt's logits for its last position only.
+    keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    start = clock.mark()
+    out = model(input_ids=ids, use_cache=True, **keep)
+    tokens = [out.logits[:, -1:].argmax(-1)]
+    prefilled = clock.mark()
+    for _ in range(new_tokens - 1):
+        out = model(input_ids=tokens[-1], past_key_values=out.past_key_values, use_cache=True)
+        tokens.append(out.logits[:, -1:].argmax(-1))
+    end = clock.mark()
+    return clock.seconds(start, prefilled), clock.seconds(prefilled, end), torch.cat(tokens, dim=1)
+
+
+def _summary(model: torch.nn.Module, runs: list[dict[str, float]], peak: int | None, c: SpeedConfig) -> ModelSpeed:
+    prefill = statistics.median(r["prefill_s"] for r in runs)
+    decode = statistics.median(r["decode_s"] for r in runs)
+    weights = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    return ModelSpeed(
+        parameters=count_parameters(model),
+        blocks=len(find_blocks(model)),
+        prefill_s=prefill,
+        decode_s=decode,
+        latency_s=statistics.median(r["latency_s"] for r in runs),
+        prefill_tokens_per_s=c.batch_size * c.prompt_len / prefill,
+        decode_tokens_per_s=c.batch_size * (c.new_tokens - 1) / decode,
+        peak_memory_bytes=None if peak is None else weights + peak,
+        runs=runs,
+    )
+
+
+def _check_workload(config: SpeedConfig) -> None:
+    if min(config.batch_size, config.prompt_len, config.repeats) < 1 or config.warmup < 0:
+        raise EvopError("batch size, prompt length and repeats must be at least 1, warm-up at least 0")
+    if config.new_tokens < 2:
+        raise EvopError("--new-tokens must be at least 2: decode speed is measured over the tokens after the first")
+
+
+def _check_context(config: SpeedConfig, model: torch.nn.Module) -> None:
+    limit = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+    if limit and config.prompt_len + config.new_tokens > limit:
+        raise EvopError(
+            f"prompt {config.prompt_len} + new tokens {config.new_tokens} exceeds the model's context of "
+            f"{limit}; use a smaller --prompt-len or --new-tokens"
+        )
+
+
+def speed(dense: Any, pruned: Any, config: SpeedConfig | None = None) -> SpeedResult:
+    """Compare generation speed of ``dense`` and ``pruned`` (LoadedModel, transformers model or path/Hub id).
+
+    The result also lands in the pruned model's record under ``scores["speed"]``.
+    """
+    c = config or SpeedConfig()
+    _check_workload(c)
+    load_config = LoadConfig(dtype=c.dtype, device_map=c.device)
+    dense_model, _, _ = open_model(dense, load_config=load_config)
+    pruned_model, _, target = open_model(pruned, load_config=load_config)
+    models = {"dense": dense_model, "pruned": pruned_model}
+    for model in models.values():
+        _check_context(c, model)
+    device = pruned_model.device
+    if dense_model.device.type != device.type:
+        raise EvopError(f"dense model is on {dense_model.device}, pruned on {device}; compare on one device")
+
+    vocab = pruned_model.config.get_text_config().vocab_size
+    generator = torch.Generator().manual_seed(c.seed)
+    ids = torch.randint(0, vocab, (c.batch_size, c.prompt_len), generator=generator)
+    memory, clock = _PeakMemory(device), _Clock(device)
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in models}
+    peaks: dict[str, int | None] = {name: None for name in models}
+    steps = [(i, name) for i in range(c.warmup + c.repeats) for name in models]  # interleaved
+    try:
+        for i, name in tqdm(steps, desc="speed", unit="run"):
+            model = models[name]
+            memory.start()
+            prefill, decode, _ = _generate(model, ids.to(model.device), c.new_tokens, clock)
+            growth = memory.growth()
+            if i < c.warmup:
+                continue
+            runs[name].append({"prefill_s": prefill, "decode_s": decode, "latency_s": prefill + decode})
+            if growth is not None:
+                peaks[name] = max(peaks[name] or 0, growth)
+    except (torch.OutOfMemoryError, RuntimeError) as exc:
+        if not out_of_memory(exc):
+            raise
+        raise EvopError(
+            f"batch {c.batch_size} x {c.prompt_len + c.new_tokens} tokens does not fit in memory on {device}; "
+            "use a smaller --batch-size, --prompt-len or --new-tokens"
+        ) from exc
+
+    d = _summary(dense_model, runs["dense"], peaks["dense"], c)
+    p = _summary(pruned_model, runs["pruned"], peaks["pruned"], c)
+    result = SpeedResult(
+        config=c,
+        device=str(device),
+        hardware=_hardware(device),
+        timer=clock.name,
+        memory_method=memory.method,
+        dense=d,
+        pruned=p,
+        speedup={
+            "prefill": d.prefill_s / p.prefill_s,
+            "decode": d.decode_s / p.decode_s,
+            "latency": d.latency_s / p.latency_s,
+        },
+        parameters_removed=1 - p.parameters / d.parameters,
+    )
+    record_scores(target, "speed", result.to_dict())
+    return result

@@ -1,0 +1,205 @@
+"""Zero-shot downstream accuracy through lm-evaluation-harness.
+
+The paper reports ARC-e, ARC-c, HellaSwag, PIQA and Winogrande accuracy from LM-Harness, so
+this runs the harness itself (``lm_eval.simple_evaluate`` on an ``HFLM`` wrapping the
+in-memory model) rather than re-implementing its prompts and scoring: numbers stay
+comparable with every other paper that uses it, and any harness task name works.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import EvopError
+from ..models import LoadConfig, LoadedModel, load
+from ..record import RECORD_NAME, PruningRecord
+
+# The five zero-shot tasks of the EvoP paper's tables.
+PAPER_TASKS = ("arc_easy", "arc_challenge", "hellaswag", "piqa", "winogrande")
+TABLE_METRICS = ("acc", "acc_norm")
+
+
+@dataclass
+class TasksConfig:
+    """Which harness tasks to run and how."""
+
+    tasks: list[str] = field(default_factory=lambda: list(PAPER_TASKS))
+    num_fewshot: int = 0  # the paper's tables are zero-shot; EvoP's released code defaulted to 3
+    batch_size: int = 8
+    limit: int | None = None  # examples per task; for quick looks only, the numbers are then not comparable
+    include_path: str | None = None  # folder of task YAMLs (with local data files) added to the harness's own
+    load: LoadConfig | None = None  # how to load a model given as a path; in-memory models stay as they are
+
+
+@dataclass
+class TasksResult:
+    """Per-task harness metrics and their unweighted mean over tasks.
+
+    A group name (``mmlu``) runs as its subtasks, each a row here; the mean is over rows,
+    not the harness's size-weighted group score.
+    """
+
+    scores: dict[str, dict[str, float | None]]  # task -> {"acc": .., "acc_stderr": .., "acc_norm": .., ...}
+    samples: dict[str, int]  # task -> examples evaluated
+    mean: dict[str, float | None]
+    num_fewshot: int
+    limit: int | None
+    lm_eval_version: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TasksResult:
+        """Back from ``scores["tasks"]`` of a record, e.g. to render ``table()`` in the model card."""
+        return cls(**data)
+
+    def table(self) -> str:
+        """Markdown table: one row per task, then the mean (stderr of a mean assumes independent tasks)."""
+        head = ["task", "n", *[c for m in TABLE_METRICS for c in (m, "±")]]
+        rows = [head, ["---"] * len(head)]
+        for name, metrics in [*self.scores.items(), ("mean", self.mean)]:
+            n = str(self.samples[name]) if name in self.samples else ""
+            cells = [_fmt(metrics.get(c if c != "±" else f"{m}_stderr")) for m in TABLE_METRICS for c in (m, "±")]
+            rows.append([name, n, *cells])
+        lines = ["| " + " | ".join(r) + " |" for r in rows]
+        return "\n".join([*lines, "", f"{self.num_fewshot}-shot, lm-eval {self.lm_eval_version}"])
+
+
+def _fmt(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
+def _lm_eval():
+    try:
+        import lm_eval
+        from lm_eval.models.huggingface import HFLM
+        from lm_eval.tasks import TaskManager
+    except ImportError as exc:
+        raise EvopError(
+            "downstream tasks need lm-evaluation-harness: pip install 'evop-hub[eval]'"
+        ) from exc
+    return lm_eval, HFLM, TaskManager
+
+
+def open_model(
+    model: Any, tokenizer: Any = None, load_config: LoadConfig | None = None
+) -> tuple[torch.nn.Module, Any, LoadedModel | Path | None]:
+    """Model, tokenizer and where scores go, from a LoadedModel, a bare model, or a path/Hub id.
+
+    Scores go into a LoadedModel's record (so a later ``save`` writes them) or, for an
+    evop-hub output directory, into its ``evop_pruning.json``.
+    """
+    if isinstance(model, (str, Path)):
+        loaded = load(str(model), load_config)
+        target = Path(model) if (Path(model) / RECORD_NAME).is_file() else None
+        return loaded.model, tokenizer or loaded.tokenizer, target
+    if isinstance(model, LoadedModel):
+        return model.model, tokenizer or model.tokenizer, model
+    return model, tokenizer, None
+
+
+def record_scores(target: LoadedModel | Path | None, key: str, value: dict[str, Any]) -> None:
+    """Put ``value`` under ``scores[key]`` of the record behind ``target`` (see ``open_model``)."""
+    if isinstance(target, Path):
+        record = PruningRecord.load(target)
+        record.scores[key] = value
+        record.save(target)
+    elif target is not None:
+        target.record.scores[key] = value
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """CUDA raises OutOfMemoryError; the CPU allocator and older paths raise a RuntimeError saying so."""
+    text = str(exc)
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in text or "can't allocate memory" in text
+
+
+def check_task_names(names: list[str], known: list[str]) -> None:
+    """Fail before any model work on a typo, naming the closest harness tasks."""
+    unknown = [n for n in names if n not in set(known)]
+    if not unknown:
+        return
+    hints = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, known, n=5, cutoff=0.6)
+        hints.append(f"{name!r} (close: {', '.join(close)})" if close else repr(name))
+    raise EvopError(
+        f"unknown lm-eval task {'; '.join(hints)}; `lm-eval ls tasks` lists all, "
+        "or add your own YAMLs with --include-path"
+    )
+
+
+def _summarise(raw: dict[str, Any], config: TasksConfig, version: str) -> TasksResult:
+    """Harness keys look like ``acc,none`` / ``acc_stderr,none`` (metric,filter); keep the numbers."""
+    scores: dict[str, dict[str, float | None]] = {}
+    for task, metrics in raw["results"].items():
+        row: dict[str, float | None] = {}
+        for key, value in metrics.items():
+            if "," not in key:
+                continue  # "alias", "name", "sample_len"
+            metric, filt = key.split(",", 1)
+            name = metric if filt == "none" else f"{metric}[{filt}]"
+            row[name] = float(value) if isinstance(value, (int, float)) else None  # "N/A" stderrs
+        scores[task] = row
+    mean: dict[str, float | None] = {}
+    for metric in TABLE_METRICS:
+        values = [row[metric] for row in scores.values() if row.get(metric) is not None]
+        errors = [row.get(f"{metric}_stderr") for row in scores.values() if row.get(metric) is not None]
+        if values:
+            mean[metric] = sum(values) / len(values)
+            complete = all(e is not None for e in errors)
+            mean[f"{metric}_stderr"] = math.sqrt(sum(e * e for e in errors)) / len(errors) if complete else None
+    samples = {task: int(n["effective"]) for task, n in raw.get("n-samples", {}).items() if task in scores}
+    return TasksResult(scores, samples, mean, config.num_fewshot, config.limit, version)
+
+
+def tasks(model: Any, tokenizer: Any = None, config: TasksConfig | None = None) -> TasksResult:
+    """Run lm-evaluation-harness tasks on a model (LoadedModel, transformers model, or path/Hub id).
+
+    The results also land in the model's pruning record under ``scores["tasks"]``.
+    """
+    config = config or TasksConfig()
+    lm_eval, HFLM, TaskManager = _lm_eval()
+    if not config.tasks:
+        raise EvopError("no tasks given; name lm-eval tasks, e.g. --tasks arc_easy,piqa")
+    if config.include_path and not Path(config.include_path).is_dir():
+        raise EvopError(f"--include-path {config.include_path} is not a directory of task YAML files")
+    manager = TaskManager(include_path=config.include_path)
+    check_task_names(config.tasks, manager.all_tasks)
+    try:  # builds the tasks, which fetches their data; done here to report a failed fetch precisely
+        loaded_tasks = manager.load(list(config.tasks))["tasks"]
+    except ConnectionError as exc:
+        raise EvopError(
+            f"cannot fetch task data from the Hugging Face Hub ({exc}); connect, or pass --include-path "
+            "with task YAMLs whose dataset_path is json/csv and data_files point at local files"
+        ) from exc
+    except FileNotFoundError as exc:
+        raise EvopError(f"task data file not found ({exc}); check data_files in the task YAML") from exc
+
+    net, tokenizer, target = open_model(model, tokenizer, config.load)
+    if tokenizer is None:
+        raise EvopError("a transformers model needs its tokenizer: pass tokenizer=, or pass a LoadedModel")
+    lm = HFLM(pretrained=net, tokenizer=tokenizer, batch_size=config.batch_size)
+    try:
+        raw = lm_eval.simple_evaluate(
+            model=lm,
+            tasks=list(loaded_tasks.values()),
+            num_fewshot=config.num_fewshot,
+            limit=config.limit,
+            log_samples=False,
+            task_manager=manager,
+        )
+    except (torch.OutOfMemoryError, RuntimeError) as exc:
+        if not out_of_memory(exc):
+            raise
+        raise EvopError(f"out of memory at batch size {config.batch_size}; use a smaller --batch-size") from exc
+    result = _summarise(raw, config, lm_eval.__version__)
+    record_scores(target, "tasks", result.to_dict())
+    return result

@@ -1,0 +1,446 @@
+"""The model card (README.md) of a pruned checkpoint, rendered from ``evop_pruning.json``.
+
+One Jinja template plus small pure functions that turn the record into the Hub's metadata
+and into Markdown tables. The card is derived data: ``evop-hub card DIR`` rebuilds it any
+time (after new evaluations), so nothing in it is ever edited by hand or stored elsewhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from ..errors import EvopError
+from ..record import PruningRecord
+
+log = logging.getLogger(__name__)
+
+# Files of the base repository that travel with derived weights (Llama 2 ships both).
+LICENSE_PATTERNS = ("LICENSE", "LICENSE.*", "LICENCE", "LICENCE.*", "USE_POLICY", "USE_POLICY.*")
+
+# Corpora of evop_hub.data that live on the Hub, as the Hub names them (dataset id, config);
+# the others (wiki-leads, pydoc, local files) appear in the card but not in `datasets:`.
+HUB_DATASETS: dict[str, tuple[str, str | None]] = {
+    "wikitext2": ("Salesforce/wikitext", "wikitext-2-raw-v1"),
+    "c4": ("allenai/c4", "en"),
+}
+
+TEMPLATE = """---
+{{ card_data }}
+---
+
+# {{ title }}
+
+{{ summary }}
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+model = AutoModelForCausalLM.from_pretrained("{{ load_id }}")
+tokenizer = AutoTokenizer.from_pretrained("{{ load_id }}")
+```
+
+It is a standard `{{ architecture }}` checkpoint: no custom code, no evop-hub needed to use it.
+{% if source_note %}
+{{ source_note }}
+{% endif %}
+## What was removed
+
+- Blocks dropped (original numbering, 0-based): **{{ dropped }}**
+- Blocks kept: {{ kept_count }} of {{ num_blocks }}
+- Parameters: {{ parameters }}
+
+Block pattern (1 = kept, 0 = dropped), original numbering:
+
+{{ pattern_table }}
+
+Mapping of the new block index to the original one:
+
+{{ mapping_table }}
+{% if calibration_loss or scores_table or tasks_table or speed_table %}
+## Results
+{% if calibration_loss %}
+{{ calibration_loss }}
+{% endif %}{% if scores_table %}
+Perplexity (lower is better), dense source against this model:
+
+{{ scores_table }}
+{% endif %}{% if tasks_table %}
+Zero-shot tasks of this model ([lm-evaluation-harness](https://github.com/EleutherAI/lm-evaluation-harness)):
+
+{{ tasks_table }}
+{% endif %}{% if speed_table %}
+Speed, dense source against this model:
+
+{{ speed_table }}
+{% endif %}{% endif %}
+## How it was found
+
+- Method: {{ method }}
+{%- for line in search_lines %}
+- {{ line }}
+{%- endfor %}
+{% if calibration_lines %}
+### Calibration data
+{% for line in calibration_lines %}
+- {{ line }}
+{%- endfor %}
+{% if clusters_table %}
+{{ clusters_table }}
+{% endif %}{% endif %}
+## Reproduce
+
+```bash
+{{ command }}
+```
+
+Software: {{ versions }}. Created {{ created }}.
+
+## License
+
+{{ license_note }}
+"""
+
+
+# ---------------------------------------------------------------- pure helpers
+def table(header: list[str], rows: list[list[Any]]) -> str:
+    """A GitHub-flavoured Markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def pattern_table(num_blocks: int, dropped: list[int], width: int = 16) -> str:
+    """The 0/1 keep pattern, `width` blocks per row so 80-block models stay readable."""
+    gone = set(dropped)
+    rows = []
+    for start in range(0, num_blocks, width):
+        stop = min(start + width, num_blocks)
+        rows.append([f"{start}–{stop - 1}", *("0" if i in gone else "1" for i in range(start, stop))])
+    header = ["blocks", *(str(i) for i in range(min(width, num_blocks)))]
+    return table(header, [row + [""] * (len(header) - len(row)) for row in rows])
+
+
+def mapping_table(kept: list[int], width: int = 16) -> str:
+    rows = []
+    for start in range(0, len(kept), width):
+        chunk = kept[start : start + width]
+        rows.append([f"new {start}–{start + len(chunk) - 1}", *chunk, *[""] * (width - len(chunk))])
+    header = ["", *(f"+{i}" for i in range(min(width, len(kept))))]
+    return table(header, [row[: len(header)] for row in rows])
+
+
+def corpus_dataset(corpus_key: str) -> tuple[str, str | None, str | None]:
+    """'wikitext2:test' -> (hub dataset id, config, split); unknown corpora keep their own name."""
+    name, _, split = corpus_key.partition(":")
+    dataset, config = HUB_DATASETS.get(name.lower(), (name, None))
+    return dataset, config, split or None
+
+
+def default_repo_name(record: PruningRecord) -> str:
+    """``{model}-evop-{kept}L``: says what it came from and how many blocks it has."""
+    base = (record.source_hub_id or Path(record.source_model).name or "model").split("/")[-1]
+    name = f"{base}-evop-{len(record.kept_blocks)}L"
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.")[:96]
+
+
+def perplexity_rows(scores: dict[str, Any]) -> list[list[Any]]:
+    rows = []
+    for corpus, entry in (scores.get("perplexity") or {}).items():
+        dense, pruned = entry.get("dense"), entry.get("pruned")
+        change = f"{pruned / dense - 1:+.1%}" if dense and pruned is not None else None
+        rows.append([corpus, entry.get("form"), entry.get("seq_len"), dense, pruned, change])
+    return rows
+
+
+def task_metric(metrics: dict[str, float | None]) -> tuple[str, float] | None:
+    """The headline metric of a harness task: acc_norm where the task has it, else acc."""
+    for name in ("acc_norm", "acc"):
+        if metrics.get(name) is not None:
+            return name, metrics[name]
+    return None
+
+
+def eval_results(record: PruningRecord) -> list[EvalResult]:
+    """model-index entries: the pruned model's own numbers, with window length and text form."""
+    results = []
+    for corpus, entry in (record.scores.get("perplexity") or {}).items():
+        if entry.get("pruned") is None:
+            continue
+        dataset, config, split = corpus_dataset(corpus)
+        args = {k: entry[k] for k in ("seq_len", "form") if entry.get(k) is not None}
+        results.append(
+            EvalResult(
+                task_type="text-generation",
+                task_name="Language modelling",
+                dataset_type=dataset,
+                dataset_name=corpus,
+                dataset_config=config,
+                dataset_split=split,
+                dataset_args=args or None,
+                metric_type="perplexity",
+                metric_name="perplexity" + "".join(f", {k} {v}" for k, v in args.items()),
+                metric_value=float(entry["pruned"]),
+            )
+        )
+    tasks = record.scores.get("tasks") or {}
+    if tasks.get("limit") is None:  # numbers from a --limit subset are not comparable: card body only
+        for task, metrics in (tasks.get("scores") or {}).items():
+            if (headline := task_metric(metrics)) is None:
+                continue
+            results.append(
+                EvalResult(
+                    task_type="text-generation",
+                    task_name=f"{tasks.get('num_fewshot', 0)}-shot {task} (lm-eval {tasks.get('lm_eval_version', '')})",
+                    dataset_type=task,
+                    dataset_name=task,
+                    metric_type=headline[0],
+                    metric_value=float(headline[1]),
+                )
+            )
+    return results
+
+
+def card_data(record: PruningRecord, model_name: str) -> ModelCardData:
+    """Only keys the Hub understands; no base_model_relation (the Hub has no value for pruning)."""
+    datasets = []
+    corpora = list(record.scores.get("perplexity") or {})
+    if record.calibration and record.calibration.get("corpus"):
+        corpora.insert(0, str(record.calibration["corpus"]))
+    for corpus in corpora:
+        dataset = corpus_dataset(corpus)[0]
+        if "/" in dataset and dataset not in datasets:
+            datasets.append(dataset)
+    arch = record.architecture.removesuffix("ForCausalLM").lower()
+    return ModelCardData(
+        base_model=record.source_hub_id,
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        license=record.license,
+        tags=["pruned", "layer-pruning", "evop", f"evop-{record.method}", arch],
+        datasets=datasets or None,
+        model_name=model_name,
+        eval_results=eval_results(record) or None,
+    )
+
+
+def _search_lines(record: PruningRecord) -> list[str]:
+    """From ``SearchResult.summary()``: settings, work done and time."""
+    search = record.search or {}
+    config, stats = search.get("config") or {}, search.get("stats") or {}
+    lines = []
+    if search.get("method"):
+        settings = ", ".join(f"{k} {config[k]}" for k in ("population", "generations", "seed") if k in config)
+        lines.append(f"Search: `{search['method']}`" + (f" ({settings})" if settings else ""))
+    if search.get("steps") is not None:
+        lines.append(f"Generations run: {search['steps']}" + (" (resumed)" if search.get("resumed") else ""))
+    if stats.get("evaluations") is not None:
+        lines.append(f"Candidate masks evaluated: {stats['evaluations']:,}")
+    if search.get("seconds") is not None:
+        lines.append(f"Search time: {search['seconds']:.1f} s")
+    if record.sparsity is not None:
+        lines.append(f"Sparsity: {_cell(record.sparsity)} ({record.sparsity_unit})")
+    return lines
+
+
+def _calibration_lines(calibration: dict[str, Any] | None) -> list[str]:
+    """From ``CalibrationSet.summary()``: where the calibration text came from and how it was drawn."""
+    if not calibration:
+        return []
+    keys = ("corpus", "split", "form", "sampler", "embedder", "k", "n", "seq_len", "chunks", "seed")
+    lines = [f"{key}: `{calibration[key]}`" for key in keys if calibration.get(key) is not None]
+    nmi = calibration.get("nmi")
+    if isinstance(nmi, dict) and "clusters" in nmi:
+        lines.append(f"clusters against known topics: NMI {nmi['clusters']} (random clusters of the same sizes: {nmi.get('random_same_sizes')})")
+    return lines
+
+
+def _clusters_table(calibration: dict[str, Any] | None) -> str:
+    """Per cluster: size, top terms and the snippet nearest its centroid (what the data looks like)."""
+    clusters = (calibration or {}).get("clusters") or []
+    rows = []
+    for i, cluster in enumerate(clusters):
+        snippet = (cluster.get("snippets") or [""])[0]
+        snippet = snippet if len(snippet) <= 160 else snippet[:157] + "..."
+        rows.append([i, cluster.get("size"), ", ".join(cluster.get("top_terms") or []), snippet])
+    return table(["cluster", "size", "top terms", "representative snippet"], rows) if rows else ""
+
+
+def _calibration_loss(record: PruningRecord) -> str:
+    """From ``scores["calibration_loss"]`` (dense/pruned, as `prune` stores it), else the search summary."""
+    loss, search = (record.scores or {}).get("calibration_loss"), record.search or {}
+    pruned, dense = (loss.get("pruned"), loss.get("dense")) if isinstance(loss, dict) else (search.get("loss"), search.get("dense_loss"))
+    if pruned is None:
+        return ""
+    of_dense = f" (all blocks: {dense:.4f})" if dense is not None else ""
+    return f"Calibration loss (mean next-token NLL on the calibration set): {pruned:.4f}{of_dense}."
+
+
+def _tasks_table(tasks: dict[str, Any]) -> str:
+    from ..evaluate.tasks import TasksResult
+
+    text = TasksResult.from_dict(tasks).table()
+    if tasks.get("limit") is not None:
+        text += f"\n\nOnly {tasks['limit']} examples per task (--limit): a quick look, not comparable with published numbers."
+    return text
+
+
+def _speed_table(speed: dict[str, Any]) -> str:
+    from ..evaluate.speed import SpeedResult
+
+    return SpeedResult.from_dict(speed).table()
+
+
+def _parameters(record: PruningRecord) -> str:
+    before, after = record.parameters_before, record.parameters_after
+    if before is None or after is None:
+        return "not recorded"
+    return f"{after:,} (from {before:,}; {record.parameter_reduction:.1%} fewer)"
+
+
+def _source_note(record: PruningRecord) -> str:
+    fmt = record.source_format or "transformers"
+    if fmt.startswith("gguf"):
+        quant = fmt.partition(":")[2] or "quantized"
+        return (
+            f"> **Note**: the weights were dequantized from a {quant} GGUF file of "
+            f"`{record.source_hub_id or record.source_model}`, not taken from the "
+            "original full-precision checkpoint; they carry that quantization error."
+        )
+    return ""
+
+
+def _license_note(record: PruningRecord, copied: list[str] | None) -> str:
+    base = f"[{record.source_hub_id}](https://huggingface.co/{record.source_hub_id})" if record.source_hub_id else "the base model"
+    lead = f"`{record.license}`, inherited from {base}." if record.license else f"Same terms as {base}."
+    if copied:
+        return lead + " Its files are copied here: " + ", ".join(f"[{name}]({name})" for name in copied) + "."
+    if copied is None:
+        return lead + " The base repository's license files could not be fetched when this card was written (offline, or no Hub repository known); read them on the base model's page."
+    return lead + " The base repository has no separate license file."
+
+
+def render(record: PruningRecord, repo_id: str | None = None, license_files: list[str] | None = None) -> ModelCard:
+    """The card for a record. ``repo_id`` goes in the loading snippet; ``license_files`` None means unknown."""
+    kept = record.kept_blocks
+    name = repo_id.split("/")[-1] if repo_id else default_repo_name(record)
+    base = record.source_hub_id or record.source_model
+    summary = (
+        f"`{base}` with {len(record.dropped_blocks)} of its {record.num_blocks} transformer blocks removed "
+        f"by evop-hub ({record.method}; EvoP, Wu et al. 2025): "
+        f"{len(kept)} blocks remain"
+        + (f", with {record.parameter_reduction:.1%} fewer parameters." if record.parameter_reduction is not None else ".")
+    )
+    speed = (record.scores or {}).get("speed")
+    if speed and speed.get("speedup", {}).get("decode"):
+        summary += f" It decodes {speed['speedup']['decode']:.2f}× as fast as the source ({speed.get('hardware', speed.get('device'))})."
+    scores = record.scores or {}
+    return ModelCard.from_template(
+        card_data(record, name),
+        template_str=TEMPLATE,
+        title=name,
+        summary=summary,
+        load_id=repo_id or "path/to/this/directory",
+        architecture=record.architecture,
+        source_note=_source_note(record),
+        dropped=", ".join(map(str, record.dropped_blocks)) or "none",
+        kept_count=len(kept),
+        num_blocks=record.num_blocks,
+        parameters=_parameters(record),
+        pattern_table=pattern_table(record.num_blocks, record.dropped_blocks),
+        mapping_table=mapping_table(kept),
+        calibration_loss=_calibration_loss(record),
+        scores_table=table(["corpus", "text form", "window", "dense ppl", "pruned ppl", "change"], rows)
+        if (rows := perplexity_rows(scores))
+        else "",
+        tasks_table=_tasks_table(scores["tasks"]) if scores.get("tasks") else "",
+        speed_table=_speed_table(scores["speed"]) if scores.get("speed") else "",
+        method=record.method,
+        search_lines=_search_lines(record),
+        calibration_lines=_calibration_lines(record.calibration),
+        clusters_table=_clusters_table(record.calibration),
+        command=record.command or "(not recorded)",
+        versions=", ".join(f"{k} {v}" for k, v in (record.versions or {}).items()),
+        created=record.created,
+        license_note=_license_note(record, license_files),
+    )
+
+
+# ---------------------------------------------------------------- files
+def _is_license_file(name: str) -> bool:
+    from fnmatch import fnmatch
+
+    return "/" not in name and any(fnmatch(name.upper(), p) for p in LICENSE_PATTERNS)
+
+
+def present_license_files(output_dir: Path) -> list[str]:
+    return sorted(p.name for p in output_dir.iterdir() if p.is_file() and _is_license_file(p.name))
+
+
+def base_license_files(record: PruningRecord) -> dict[str, Path] | None:
+    """LICENSE / USE_POLICY files of the base repo: name -> local path (a source dir or the Hub cache).
+
+    None when the base could not be asked (offline, gated, no Hub id): the card then says so
+    instead of silently omitting them.
+    """
+    local = Path(record.source_model).expanduser()
+    if local.is_dir():
+        return {p.name: p for p in sorted(local.iterdir()) if p.is_file() and _is_license_file(p.name)}
+    if not record.source_hub_id or os.environ.get("HF_HUB_OFFLINE"):
+        return None
+    from huggingface_hub import HfApi, hf_hub_download
+
+    try:
+        # model_info is one request without retries, so an offline machine fails fast here.
+        info = HfApi().model_info(record.source_hub_id, revision=record.source_revision, timeout=10)
+        names = [s.rfilename for s in info.siblings or [] if _is_license_file(s.rfilename)]
+        return {n: Path(hf_hub_download(record.source_hub_id, n, revision=record.source_revision)) for n in sorted(names)}
+    except Exception as exc:  # noqa: BLE001 - offline or gated: the card notes it, the run goes on
+        log.debug("license files of %s not fetched: %s", record.source_hub_id, type(exc).__name__)
+        return None
+
+
+def _atomic_copy(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.copyfile(src, tmp)
+    tmp.replace(dst)
+
+
+def write_card(output_dir: str | Path, repo_id: str | None = None, fetch_license: bool = True) -> Path:
+    """(Re)write ``output_dir/README.md`` from its ``evop_pruning.json``; returns the card's path."""
+    output_dir = Path(output_dir)
+    record = check_output_dir(output_dir)
+    found = base_license_files(record) if fetch_license else None
+    for name, src in (found or {}).items():
+        _atomic_copy(src, output_dir / name)
+    present = present_license_files(output_dir)
+    copied = present if present or found is not None else None
+    path = output_dir / "README.md"
+    tmp = path.with_name("README.md.tmp")
+    render(record, repo_id=repo_id, license_files=copied).save(tmp)
+    tmp.replace(path)
+    return path
+
+
+def check_output_dir(output_dir: str | Path) -> PruningRecord:
+    """The record of an evop-hub output, or one line saying why this is not one."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        raise EvopError(f"{output_dir} is not a directory; point at the output of `evop-hub prune` or `evop-hub drop`.")
+    record = PruningRecord.load(output_dir)
+    if not (output_dir / "config.json").is_file():
+        raise EvopError(f"{output_dir} has no config.json: the checkpoint is incomplete; re-run the pruning.")
+    return record

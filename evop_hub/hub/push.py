@@ -1,0 +1,252 @@
+"""Publish an output directory: the model repo (weights, record, card) and its demo Space.
+
+One ``create_commit`` per repository (rather than ``upload_folder``): the card is rendered
+in memory for the target repo id, so a failed push leaves the local directory exactly as it
+was, and the file list is computed here, so ``--dry-run`` shows exactly what is sent. Only
+files inside the output directory (plus the base repo's license files) are sent, never its
+run state (``.evop/``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import EvopError
+from ..record import RECORD_NAME, STATE_DIR
+from .card import base_license_files, check_output_dir, default_repo_name, present_license_files, render
+
+# Never published: run state and partial writes; README.md is rendered for the target repo instead.
+# huggingface_hub's DEFAULT_IGNORE_PATTERNS (.git, caches) are added on top.
+IGNORE_PATTERNS = [STATE_DIR, f"{STATE_DIR}/*", "*.tmp", "README.md"]
+
+
+@dataclass
+class PushConfig:
+    """Where and how to publish. ``token`` None means HF_TOKEN or the cached `hf auth login`."""
+
+    repo_id: str | None = None  # default: {user}/{model}-evop-{kept}L
+    private: bool = True
+    revision: str | None = None  # branch of the model repo; created when missing
+    commit_message: str | None = None
+    dry_run: bool = False
+    space: bool = True
+    space_hardware: str | None = None
+    token: str | None = None
+
+
+@dataclass
+class PushResult:
+    repo_id: str
+    files: list[str]  # paths in the model repo, exactly as committed (or as they would be)
+    space_repo_id: str | None = None
+    space_files: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    dry_run: bool = False
+    url: str | None = None
+    commit: str | None = None
+    space_url: str | None = None
+
+
+def upload_files(output_dir: Path) -> list[str]:
+    """Files of ``output_dir`` that go to the Hub (README.md is rendered separately), sorted."""
+    from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
+
+    root = output_dir.resolve()
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in filenames + [d for d in dirnames if (Path(dirpath) / d).is_symlink()]:
+            path = Path(dirpath) / name
+            rel = path.relative_to(root).as_posix()
+            if not path.resolve().is_relative_to(root):
+                raise EvopError(f"{output_dir}/{rel} links outside the output directory; replace it with a copy, then push")
+            if path.is_file():
+                found.append(rel)
+    return sorted(filter_repo_objects(found, ignore_patterns=IGNORE_PATTERNS + DEFAULT_IGNORE_PATTERNS))
+
+
+@contextlib.contextmanager
+def hub_errors(what: str, repo_id: str | None, token: str | None):
+    """One actionable line for each way the Hub refuses; the token never reaches a message."""
+    try:
+        yield
+    except EvopError:
+        raise
+    except Exception as exc:
+        error = _explain(exc, what, repo_id, token)
+        if error is None:
+            raise
+        raise error from None
+
+
+def _explain(exc: BaseException, what: str, repo_id: str | None, token: str | None) -> EvopError | None:
+    """The user's view of a failure anywhere in the cause chain (LFS errors arrive wrapped)."""
+    import httpx2
+    from huggingface_hub import constants
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, OfflineModeIsEnabled
+
+    chain = []
+    while exc is not None and exc not in chain:
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    for err in chain:
+        if isinstance(err, HFValidationError):
+            return EvopError(f"invalid repo id {repo_id!r}: use USER/NAME with letters, digits, '-', '_' or '.'")
+        if isinstance(err, (OfflineModeIsEnabled, httpx2.TransportError, ConnectionError)):
+            return EvopError(
+                f"cannot reach the Hugging Face Hub at {constants.ENDPOINT} to {what} ({type(err).__name__}); "
+                "check the network (and HF_ENDPOINT / HF_HUB_OFFLINE), then push again"
+            )
+        if isinstance(err, HfHubHTTPError):
+            status = err.response.status_code if err.response is not None else None
+            if status == 401:
+                return EvopError(
+                    f"the Hub rejected the token while trying to {what} (401); set a valid HF_TOKEN or run `hf auth login`"
+                )
+            if status == 403:
+                return EvopError(
+                    f"no permission to {what} (403); use a token with write access to {repo_id or 'that namespace'} "
+                    "or choose --repo-id under your own user"
+                )
+            return EvopError(f"the Hub refused to {what}: {_scrub(str(err).splitlines()[0], token)}")
+    if isinstance(chain[0], ValueError):  # e.g. card metadata the Hub's validate-yaml rejects
+        return EvopError(f"cannot {what}: {_scrub(' '.join(str(chain[0]).split()), token)[:400]}")
+    return None
+
+
+def _scrub(text: str, token: str | None) -> str:
+    return text.replace(token, "***") if token else text
+
+
+def resolve_repo_id(config: PushConfig, name: str) -> tuple[str, str | None]:
+    """(USER/NAME to push to, token). ``name`` is used when --repo-id has no namespace or is unset.
+
+    Without a token only a dry run goes on, with a placeholder user.
+    """
+    from huggingface_hub import HfApi, get_token
+    from huggingface_hub.utils import validate_repo_id
+
+    token = config.token or get_token()
+    if token is None and not config.dry_run:
+        raise EvopError("no Hugging Face token: set HF_TOKEN or run `hf auth login`, then push again")
+    repo_id = config.repo_id
+    if repo_id is None or "/" not in repo_id:
+        if token is None:
+            return f"{{your-user}}/{repo_id or name}", None
+        with hub_errors("read the account of the token", None, token):
+            user = HfApi(token=token).whoami()["name"]
+        repo_id = f"{user}/{repo_id or name}"
+    with hub_errors("check the repo id", repo_id, token):
+        validate_repo_id(repo_id)
+    return repo_id, token
+
+
+def check_push(config: PushConfig) -> None:
+    """For `prune --push`, before hours of search: a token the Hub accepts and a valid --repo-id."""
+    resolve_repo_id(config, "name-checked-later")
+
+
+def _gated(api, base: str | None, token: str | None) -> bool:
+    """Best effort: whether the base repo is gated (then its license usually limits redistribution)."""
+    if not base or os.environ.get("HF_HUB_OFFLINE"):
+        return False
+    try:
+        return bool(api.model_info(base, token=token).gated)
+    except Exception:  # noqa: BLE001 - a missing/unreachable base only loses the warning
+        return False
+
+
+def push(output_dir: str | Path, config: PushConfig | None = None) -> PushResult:
+    """Publish ``output_dir`` (written by `evop-hub prune`/`drop`) and, unless disabled, its Space."""
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    config = config or PushConfig()
+    output_dir = Path(output_dir)
+    record = check_output_dir(output_dir)
+    files = upload_files(output_dir)
+    if RECORD_NAME not in files:
+        raise EvopError(f"{output_dir}/{RECORD_NAME} would not be uploaded; do not ignore it")
+    repo_id, token = resolve_repo_id(config, default_repo_name(record))
+    api = HfApi(token=token)
+    base = record.source_hub_id
+    warnings = []
+    gated = _gated(api, base, token)
+    if gated:
+        warnings.append(
+            f"the base model {base} is gated: its license terms apply to this derivative; "
+            + ("keep it private unless they allow redistribution" if not config.private else "the repo stays private")
+        )
+
+    # License files already copied by `evop-hub card` are in `files`; otherwise they come from the base.
+    present = present_license_files(output_dir)
+    extra = {} if present else base_license_files(record)
+    license_names = present or (sorted(extra) if extra is not None else None)
+    extra = extra or {}
+    card = str(render(record, repo_id=repo_id, license_files=license_names)).encode()
+    model_files = sorted([*files, *extra, "README.md"])
+
+    space = None
+    if config.space:
+        from .space import space_files
+
+        space = space_files(
+            output_dir,
+            record,
+            repo_id,
+            config.revision,
+            base_gated=gated,
+            private=config.private,
+            hardware=config.space_hardware,
+        )
+        warnings += space.warnings
+    result = PushResult(
+        repo_id=repo_id,
+        files=model_files,
+        space_repo_id=repo_id if space else None,
+        space_files=sorted(space.files) if space else [],
+        warnings=warnings,
+        dry_run=config.dry_run,
+    )
+    if config.dry_run:
+        return result
+
+    operations = [CommitOperationAdd(rel, str(output_dir / rel)) for rel in files]
+    operations += [CommitOperationAdd(name, str(path)) for name, path in extra.items()]
+    operations.append(CommitOperationAdd("README.md", card))
+    message = config.commit_message or f"evop-hub: {record.source_hub_id or record.source_model} with {len(record.kept_blocks)} of {record.num_blocks} blocks"
+    with hub_errors(f"create {repo_id}", repo_id, token):
+        url = api.create_repo(repo_id, private=config.private, exist_ok=True)
+    if config.revision and config.revision != "main":
+        with hub_errors(f"create branch {config.revision} of {repo_id}", repo_id, token):
+            api.create_branch(repo_id, branch=config.revision, exist_ok=True)
+    with hub_errors(f"upload to {repo_id}", repo_id, token):
+        commit = api.create_commit(repo_id, operations, commit_message=message, revision=config.revision)
+    result.url, result.commit = str(url), commit.oid
+    # The local card now names the repo it was published to, like the pushed one.
+    tmp = output_dir / "README.md.tmp"
+    tmp.write_bytes(card)
+    tmp.replace(output_dir / "README.md")
+
+    if space is not None:
+        with hub_errors(f"create the Space {repo_id}", repo_id, token):
+            result.space_url = str(
+                api.create_repo(
+                    repo_id,
+                    repo_type="space",
+                    space_sdk="gradio",
+                    private=config.private,
+                    space_hardware=config.space_hardware,
+                    exist_ok=True,
+                )
+            )
+            if config.space_hardware:
+                api.request_space_hardware(repo_id, config.space_hardware)
+            api.create_commit(
+                repo_id,
+                [CommitOperationAdd(name, data) for name, data in sorted(space.files.items())],
+                repo_type="space",
+                commit_message=f"evop-hub demo of {repo_id}",
+            )
+    return result

