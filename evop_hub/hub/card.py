@@ -41,14 +41,20 @@ TEMPLATE = """---
 
 ```python
 from transformers import AutoModelForCausalLM, AutoTokenizer
-model = AutoModelForCausalLM.from_pretrained("{{ load_id }}")
+model = AutoModelForCausalLM.from_pretrained("{{ load_id }}"{{ load_kwargs }})
 tokenizer = AutoTokenizer.from_pretrained("{{ load_id }}")
 ```
 
-It is a standard `{{ architecture }}` checkpoint: no custom code, no evop-hub needed to use it.
+{{ format_note }}
 {% if source_note %}
 {{ source_note }}
-{% endif %}
+{% endif %}{% if width %}
+## What was pruned
+
+- {{ width_summary }}
+- Sparsity: {{ sparsity }}
+- Parameters: {{ parameters }}
+{% else %}
 ## What was removed
 
 - Blocks dropped (original numbering, 0-based): **{{ dropped }}**
@@ -62,7 +68,7 @@ Block pattern (1 = kept, 0 = dropped), original numbering:
 Mapping of the new block index to the original one:
 
 {{ mapping_table }}
-{% if calibration_loss or scores_table or tasks_table or speed_table %}
+{% endif %}{% if calibration_loss or scores_table or tasks_table or speed_table %}
 ## Results
 {% if calibration_loss %}
 {{ calibration_loss }}
@@ -344,6 +350,13 @@ def render(record: PruningRecord, repo_id: str | None = None, license_files: lis
         f"{len(kept)} blocks remain"
         + (f", with {record.parameter_reduction:.1%} fewer parameters." if record.parameter_reduction is not None else ".")
     )
+    width = record.sparsity_unit != "blocks"  # a width baseline (wanda, slicegpt): no block was removed
+    search = record.search or {}
+    if width:
+        summary = f"`{base}` pruned by evop-hub's `{record.method}` baseline: {search.get('summary', record.method)}."
+        format_note = search.get("format", "")
+    else:
+        format_note = f"It is a standard `{record.architecture}` checkpoint: no custom code, no evop-hub needed to use it."
     speed = (record.scores or {}).get("speed")
     if speed and speed.get("speedup", {}).get("decode"):
         summary += f" It decodes {speed['speedup']['decode']:.2f}× as fast as the source ({speed.get('hardware', speed.get('device'))})."
@@ -354,7 +367,11 @@ def render(record: PruningRecord, repo_id: str | None = None, license_files: lis
         title=name,
         summary=summary,
         load_id=repo_id or "path/to/this/directory",
-        architecture=record.architecture,
+        load_kwargs=", trust_remote_code=True" if "trust_remote_code" in format_note else "",
+        format_note=format_note,
+        width=width,
+        width_summary=search.get("summary", ""),
+        sparsity=f"{record.sparsity:.1%} of {record.sparsity_unit}" if record.sparsity is not None else "n/a",
         source_note=_source_note(record),
         dropped=", ".join(map(str, record.dropped_blocks)) or "none",
         kept_count=len(kept),

@@ -8,6 +8,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from huggingface_hub import ModelCard
 
 from evop_hub.hub.card import mapping_table, pattern_table, render
@@ -129,3 +131,18 @@ def test_tasks_from_a_limited_run_stay_out_of_model_index():
     card = render(record)
     assert not card.data.eval_results
     assert "Only 20 examples per task" in card.text and "arc_easy" in card.text
+
+
+@pytest.mark.parametrize("method, unit, fmt", [
+    ("wanda", "weights (2:4)", "standard checkpoint with zeroed weights: same shapes and size on disk as the source"),
+    ("slicegpt", "hidden channels (residual stream)",
+     "load with AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)"),
+])
+def test_width_baseline_cards_do_not_claim_removed_blocks(method, unit, fmt):
+    record = PruningRecord(source_model="m", architecture="LlamaForCausalLM", num_blocks=30, dropped_blocks=[],
+                           method=method, sparsity=0.5, sparsity_unit=unit,
+                           search={"method": method, "summary": f"{method}: what was done", "format": fmt})
+    text = str(render(record, "user/m-pruned"))
+    assert "blocks removed" not in text and "Block pattern" not in text
+    assert f"{method}: what was done" in text and fmt in text
+    assert ("trust_remote_code=True)" in text) == (method == "slicegpt")
