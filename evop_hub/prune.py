@@ -8,15 +8,13 @@ resume (the calibration set, the search checkpoint, the trace) is kept in ``DIR/
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from .calibration import CalibrationConfig, CalibrationSet, calibrate
 from .errors import EvopError
-from .models import LoadConfig, LoadedModel, drop, load, prepare_output, save, state_dir
+from .models import LoadConfig, LoadedModel, drop, find_blocks, load, prepare_output, save, state_dir
 from .record import PruningRecord
 from .search import SearchConfig, SearchResult, SerialEvaluator, num_drop, run_search
 
@@ -119,7 +117,7 @@ def prune(model: str | LoadedModel, config: PruneConfig | None = None) -> PruneR
         raise EvopError("this model already had blocks removed; prune the original model instead")
     blocks = loaded.record.num_blocks
     k = num_drop(blocks, config.sparsity, config.num_drop)
-    per_block = sum(p.numel() for p in loaded.model.get_submodule(_block_path(loaded)).parameters()) / blocks
+    per_block = sum(p.numel() for p in find_blocks(loaded.model).parameters()) / blocks
     log.info("dropping k=%d of %d blocks (about %.1f%% of parameters)", k, blocks,
              100 * k * per_block / loaded.record.parameters_before)
     run_dir = state_dir(output) if output else None
@@ -144,20 +142,3 @@ def prune(model: str | LoadedModel, config: PruneConfig | None = None) -> PruneR
         save(loaded, output)
     return PruneResult(loaded, list(result.mask), record, result, output)
 
-
-def _block_path(loaded: LoadedModel) -> str:
-    from .models import block_path
-
-    return block_path(loaded.model)
-
-
-def config_dict(config: PruneConfig) -> dict[str, Any]:
-    """The config as JSON-able data, for the record (no tokens)."""
-    data = asdict(config)
-    data["load"].pop("token", None)
-    return data
-
-
-def free_memory() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
