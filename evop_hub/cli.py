@@ -445,7 +445,6 @@ def prune(
 
     from .calibration import CalibrationConfig
     from .models import LoadConfig, parse_max_memory
-    from .baselines import BASELINES
     from .prune import PruneConfig, apply_preset
     from .prune import prune as run_prune
     from .hub import PushConfig, check_push
@@ -459,7 +458,7 @@ def prune(
     cal = config.calibration
     config = replace(
         config,
-        sparsity=sparsity if sparsity is not None or method in BASELINES else config.sparsity,
+        sparsity=sparsity,
         pattern=pattern,
         num_drop=num_drop,
         search=replace(
@@ -490,16 +489,15 @@ def prune(
     losses = result.record.scores["calibration_loss"]
     if result.search is None:  # a width baseline: nothing was searched
         typer.echo(f"{result.record.search['summary']}; calibration loss {losses['dense']:.4f} -> {losses['pruned']:.4f}")
-        typer.echo(f"saved {result.output}")
-        return
-    typer.echo(
-        f"dropped blocks {result.mask} ({len(result.mask)} of {result.record.num_blocks}, "
-        f"{100 * (result.record.parameter_reduction or 0):.1f}% of parameters); calibration loss "
-        f"{losses['dense']:.4f} -> {losses['pruned']:.4f}; {result.search.stats['evaluations']} evaluations "
-        f"in {result.search.seconds:.0f}s"
-    )
-    if plot:
-        typer.echo(f"wrote {convergence_plot(result.search.trace, plot)}")
+    else:
+        typer.echo(
+            f"dropped blocks {result.mask} ({len(result.mask)} of {result.record.num_blocks}, "
+            f"{100 * (result.record.parameter_reduction or 0):.1f}% of parameters); calibration loss "
+            f"{losses['dense']:.4f} -> {losses['pruned']:.4f}; {result.search.stats['evaluations']} evaluations "
+            f"in {result.search.seconds:.0f}s"
+        )
+        if plot:
+            typer.echo(f"wrote {convergence_plot(result.search.trace, plot)}")
     typer.echo(f"saved {result.output}")
     if push_to_hub:
         print_push(push_dir(result.output, push_config))

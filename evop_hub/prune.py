@@ -23,13 +23,16 @@ log = logging.getLogger(__name__)
 # Calibration corpora tried in order when none is given: the paper's, then an offline one.
 DEFAULT_CORPORA = ("wikitext2:train", "wiki-leads:train")
 CALIBRATION_FILE = "calibration.safetensors"
+DEFAULT_BLOCK_SPARSITY = 0.2  # the paper's 20 % setting
 
 
 @dataclass
 class PruneConfig:
     """Everything ``evop-hub prune`` does, as data. ``num_drop`` wins over ``sparsity``."""
 
-    sparsity: float | None = 0.2  # fraction of blocks; k = ceil(sparsity x blocks) as EvoP computes it
+    # In the method's own unit; None is the method's default: 20 % of blocks for the block searches
+    # (k = ceil(sparsity x blocks) as EvoP computes it), 50 % of weights for wanda, 25 % of channels for slicegpt.
+    sparsity: float | None = None
     # (the baselines read it in their own unit: weights for wanda, hidden channels for slicegpt; None: their default)
     num_drop: int | None = None
     search: SearchConfig = field(default_factory=SearchConfig)
@@ -116,7 +119,7 @@ def prune(model: str | LoadedModel, config: PruneConfig | None = None) -> PruneR
     if loaded.record.dropped_blocks:
         raise EvopError("this model already had blocks removed; prune the original model instead")
     blocks = loaded.record.num_blocks
-    k = num_drop(blocks, config.sparsity, config.num_drop)
+    k = num_drop(blocks, DEFAULT_BLOCK_SPARSITY if config.sparsity is None else config.sparsity, config.num_drop)
     per_block = sum(p.numel() for p in find_blocks(loaded.model).parameters()) / blocks
     log.info("dropping k=%d of %d blocks (about %.1f%% of parameters)", k, blocks,
              100 * k * per_block / loaded.record.parameters_before)
