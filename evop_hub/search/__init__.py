@@ -132,6 +132,12 @@ def run_search(
         if row.get("best") is not None:
             bar.set_postfix(best=f"{row['best']:.4f}", evals=row["evaluations"])
 
+    def write_trace() -> None:
+        if state_path is not None:
+            tmp = state_path.with_name(TRACE_FILE + ".tmp")
+            tmp.write_text("".join(json.dumps(row) + "\n" for row in trace))
+            os.replace(tmp, state_path.with_name(TRACE_FILE))
+
     def checkpoint(method_state: dict[str, Any]) -> None:
         if state_path is None:
             return
@@ -140,9 +146,7 @@ def run_search(
             "fingerprint": fingerprint, "method_state": method_state, "memo": memo, "trace": trace,
             "stats": evaluator.stats.as_dict(), "seconds": elapsed + time.perf_counter() - started,
         })
-        tmp = state_path.with_name(TRACE_FILE + ".tmp")
-        tmp.write_text("".join(json.dumps(row) + "\n" for row in trace))
-        os.replace(tmp, state_path.with_name(TRACE_FILE))
+        write_trace()
 
     context = SearchContext(
         evaluator, k, config, random.Random(config.seed), saved.get("method_state", {}), checkpoint, report
@@ -153,6 +157,7 @@ def run_search(
         dense = evaluator.loss(())
     finally:
         bar.close()
+    write_trace()  # steps after the last checkpoint (evop's local search) belong in the trace too
     return SearchResult(
         mask=mask, loss=loss, dense_loss=dense, method=config.method, k=k, config=asdict(config),
         stats=evaluator.stats.as_dict(), seconds=round(elapsed + time.perf_counter() - started, 3),

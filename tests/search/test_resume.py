@@ -68,6 +68,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(llama_dir, calibration_fi
     assert record_cut["dropped_blocks"] == record_whole["dropped_blocks"]
     assert record_cut["search"]["resumed"] is True
     assert bests(cut) == bests(whole)
+    assert bests(whole)[-1][1] == "local_search"  # the trace ends with the search's last phase
 
 
 def test_resume_with_other_settings_is_refused(llama_dir, calibration_file, tmp_path):  # noqa: F811
