@@ -131,9 +131,9 @@ def drop(
     from .models import drop as drop_blocks
     from .models import parse_layers, prepare_output, save
 
+    dropped = parse_layers(layers)  # a typo fails now, not after loading a big model
     target = prepare_output(output, overwrite=overwrite)
     loaded = _load(model, revision, dtype, device_map, max_memory, offload_folder, trust_remote_code)
-    dropped = parse_layers(layers)
     drop_blocks(loaded, dropped)
     path = save(loaded, target, command=command_line())
     typer.echo(f"saved {loaded.record.num_blocks - len(dropped)}-block model to {path}")

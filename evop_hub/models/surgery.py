@@ -32,18 +32,19 @@ def parse_layers(text: str) -> list[int]:
         layers.extend(range(start, end + 1))
     if not layers:
         raise EvopError("no blocks given; use --layers 3,4,25")
+    _refuse_duplicates(layers)
     return layers
+
+
+def _refuse_duplicates(blocks: Sequence[int]) -> None:
+    if len(set(blocks)) < len(blocks):
+        raise EvopError(f"block(s) {sorted({i for i in blocks if blocks.count(i) > 1})} listed more than once")
 
 
 def validate_drop(dropped: Sequence[int], num_blocks: int) -> list[int]:
     """Sorted unique block indices, or one clear line about what is wrong."""
-    seen, dupes = set(), []
-    for i in dropped:
-        if i in seen:
-            dupes.append(i)
-        seen.add(i)
-    if dupes:
-        raise EvopError(f"block(s) {sorted(set(dupes))} listed more than once")
+    _refuse_duplicates(dropped)
+    seen = set(dropped)
     bad = [i for i in dropped if not 0 <= i < num_blocks]
     if bad:
         raise EvopError(f"block index {bad[0]} is out of range: this model has blocks 0..{num_blocks - 1}")
