@@ -16,7 +16,7 @@ from .calibration import CalibrationConfig, CalibrationSet, calibrate
 from .errors import EvopError
 from .models import LoadConfig, LoadedModel, drop, find_blocks, load, prepare_output, save, state_dir
 from .record import PruningRecord
-from .search import SearchConfig, SearchResult, SerialEvaluator, num_drop, run_search
+from .search import METHODS, SearchConfig, SearchResult, SerialEvaluator, num_drop, run_search
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +114,10 @@ def prune(model: str | LoadedModel, config: PruneConfig | None = None) -> PruneR
 
     if config.search.method in BASELINES:
         return prune_baseline(model, config)
+    if config.search.method not in METHODS:  # settings are checked before anything slow starts
+        raise EvopError(f"unknown --method {config.search.method!r}; choose from {', '.join([*METHODS, *BASELINES])}")
+    if config.sparsity is not None and config.num_drop is None and not 0 < config.sparsity < 1:
+        raise EvopError(f"--sparsity must be strictly between 0 and 1 (got {config.sparsity})")
     output = prepare_output(config.output, overwrite=config.overwrite, resume=config.resume) if config.output else None
     loaded = model if isinstance(model, LoadedModel) else load(model, config.load)
     if loaded.record.dropped_blocks:

@@ -78,3 +78,15 @@ def test_resume_with_other_settings_is_refused(llama_dir, calibration_file, tmp_
     changed[changed.index("5")] = "6"  # another search seed
     result = subprocess.run(changed, capture_output=True, text=True)
     assert result.returncode == 2 and "another model, calibration set or settings" in result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--method", "magic"], "unknown --method 'magic'"),
+    (["--sparsity", "1.5"], "--sparsity must be strictly between 0 and 1"),
+])
+def test_bad_settings_fail_before_any_loading(tmp_path, args, message):
+    result = subprocess.run([sys.executable, "-m", "evop_hub.cli", "prune", "no/such-model", "--output",
+                             str(tmp_path / "o"), *args], capture_output=True, text=True)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "o").exists()
+    assert "Hub" not in result.stderr  # the model was never looked up
