@@ -73,20 +73,23 @@ TrustOpt = Annotated[bool, typer.Option("--trust-remote-code", help="Allow code 
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output directory.")]
 
 
-def _load(model, revision, dtype, device_map, max_memory, offload_folder, trust_remote_code):
-    from .models import LoadConfig, load, parse_max_memory
+def _load_config(revision, dtype, device_map, max_memory, offload_folder, trust_remote_code):
+    from .models import LoadConfig, parse_max_memory
 
-    return load(
-        model,
-        LoadConfig(
-            revision=revision,
-            dtype=dtype,
-            device_map=device_map,
-            max_memory=parse_max_memory(max_memory),
-            offload_folder=str(offload_folder) if offload_folder else None,
-            trust_remote_code=trust_remote_code,
-        ),
+    return LoadConfig(
+        revision=revision,
+        dtype=dtype,
+        device_map=device_map,
+        max_memory=parse_max_memory(max_memory),
+        offload_folder=str(offload_folder) if offload_folder else None,
+        trust_remote_code=trust_remote_code,
     )
+
+
+def _load(model, *load_options):
+    from .models import load
+
+    return load(model, _load_config(*load_options))
 
 
 # ---------------------------------------------------------------- commands
@@ -444,7 +447,6 @@ def prune(
     from dataclasses import replace
 
     from .calibration import CalibrationConfig
-    from .models import LoadConfig, parse_max_memory
     from .prune import PruneConfig, apply_preset
     from .prune import prune as run_prune
     from .hub import PushConfig, check_push
@@ -477,8 +479,7 @@ def prune(
         calibration_file=str(calibration) if calibration else None,
         batch_size=batch_size,
         cache_gib=cache_gib,
-        load=LoadConfig(revision, dtype, device_map, parse_max_memory(max_memory),
-                        str(offload_folder) if offload_folder else None, trust_remote_code),
+        load=_load_config(revision, dtype, device_map, max_memory, offload_folder, trust_remote_code),
         output=str(output or Path("outputs") / f"{Path(model).name.removesuffix('.gguf')}-{method}"),
         overwrite=overwrite,
         resume=resume,

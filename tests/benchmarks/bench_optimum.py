@@ -1,0 +1,61 @@
+"""Does `evop` (without SLEB seeding) reach the exhaustive optimum, and at what cost?
+
+Real weights small enough for a CPU: the first 12 blocks of SmolLM2-135M, k = 3, a few WikiText-2
+calibration tokens. Cost is block calls (the evaluator's counter) as a fraction of evaluating all
+C(12,3) patterns fully, the naive exhaustive cost.
+
+    .venv/bin/python tests/benchmarks/bench_optimum.py --seeds 0 1 2 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import time
+
+import torch
+
+import evop_hub
+from evop_hub.search import SearchConfig, SerialEvaluator, run_search
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--blocks", type=int, default=12)
+    parser.add_argument("--k", type=int, default=3)
+    parser.add_argument("--samples", type=int, default=4)
+    parser.add_argument("--seq-len", type=int, default=32)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
+    parser.add_argument("--data", default="../shared/data/wikitext-2/valid.txt")
+    args = parser.parse_args()
+    loaded = evop_hub.load("smollm2-135m")
+    evop_hub.drop(loaded, range(args.blocks, 30))
+    ids = loaded.tokenizer(open(args.data).read()[:100_000], return_tensors="pt").input_ids[0]
+    starts = torch.randint(0, len(ids) - args.seq_len, (args.samples,), generator=torch.Generator().manual_seed(0))
+    calibration = torch.stack([ids[s : s + args.seq_len] for s in starts])
+    naive = math.comb(args.blocks, args.k) * (args.blocks - args.k) * args.samples
+
+    def run(config):
+        evaluator = SerialEvaluator(loaded.model, calibration)
+        start = time.perf_counter()
+        result = run_search(evaluator, args.k, config, progress=False)
+        return result, evaluator.stats, time.perf_counter() - start
+
+    exhaustive, stats, seconds = run(SearchConfig(method="exhaustive"))
+    print(json.dumps({"method": "exhaustive", "mask": list(exhaustive.mask), "loss": round(exhaustive.loss, 6),
+                      "block_calls": stats.block_forwards, "share_of_naive": round(stats.block_forwards / naive, 3),
+                      "seconds": round(seconds, 1)}), flush=True)
+    for seed in args.seeds:
+        result, stats, seconds = run(SearchConfig(method="evop", seed=seed, seed_sleb=False))
+        print(json.dumps({"method": "evop", "seed": seed, "mask": list(result.mask), "loss": round(result.loss, 6),
+                          "optimum": result.mask == exhaustive.mask, "masks": stats.evaluations,
+                          "block_calls": stats.block_forwards, "share_of_naive": round(stats.block_forwards / naive, 3),
+                          "seconds": round(seconds, 1)}), flush=True)
+    print(json.dumps({"args": vars(args), "naive_block_calls": naive, "torch": torch.__version__,
+                      "hardware": f"{platform.machine()}, {torch.get_num_threads()} torch threads"}))
+
+
+if __name__ == "__main__":
+    main()
