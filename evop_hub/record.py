@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import EvopError
+from .files import atomic_path
 
 RECORD_NAME = "evop_pruning.json"
 STATE_DIR = ".evop"  # run state inside an output directory; never published
@@ -93,9 +94,8 @@ class PruningRecord:
 
     def save(self, directory: str | Path) -> Path:
         path = Path(directory) / RECORD_NAME
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n")
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n")
         return path
 
     @classmethod

@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
 from ..errors import EvopError
+from ..files import atomic_path
 
 FORMAT = "evop-hub-calibration"
 VERSION = 1
@@ -41,19 +40,6 @@ def refuse_existing(path: str | Path, overwrite: bool) -> Path:
     return path
 
 
-@contextmanager
-def _atomic(path: str | Path, overwrite: bool) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; it replaces ``path`` only if the block succeeds."""
-    path = refuse_existing(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # created by the writer: the user's umask applies
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 @dataclass
 class CalibrationSet:
     input_ids: torch.Tensor  # [samples, seq_len], int64
@@ -65,7 +51,7 @@ class CalibrationSet:
 
         tensors = {"input_ids": self.input_ids.contiguous(), **{k: v.contiguous() for k, v in self.arrays.items()}}
         data = save(tensors, metadata={METADATA_KEY: json.dumps(self.metadata, ensure_ascii=False)})
-        with _atomic(path, overwrite) as tmp:
+        with atomic_path(refuse_existing(path, overwrite)) as tmp:
             tmp.write_bytes(data)
         return Path(path).expanduser()
 
@@ -136,6 +122,6 @@ class CalibrationSet:
         ax.set_title(f"{title}\n{subtitle}", fontsize=8)
         ax.set_xticks([])
         ax.set_yticks([])
-        with _atomic(path, overwrite) as tmp:
+        with atomic_path(refuse_existing(path, overwrite)) as tmp:
             fig.savefig(tmp, format=Path(path).suffix.lstrip(".").lower() or "png")
         return Path(path).expanduser()

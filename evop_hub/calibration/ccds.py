@@ -11,8 +11,6 @@ import hashlib
 import importlib.util
 import itertools
 import logging
-import os
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +21,7 @@ from tqdm.auto import tqdm
 
 from ..data import Document
 from ..errors import EvopError
+from ..files import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -129,10 +128,8 @@ def embed_chunks(texts: list[str], embedder: str, *, cache_root: Path, batch_siz
     embeddings = model.encode(
         texts, batch_size=batch_size, show_progress_bar=True, normalize_embeddings=True, convert_to_numpy=True
     ).astype(np.float32)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npy.tmp", delete=False) as tmp:
-        np.save(tmp, embeddings)
-    os.replace(tmp.name, path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, embeddings)
     return embeddings
 
 

@@ -17,6 +17,7 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..errors import EvopError
+from ..files import atomic_path
 from ..record import PruningRecord
 
 log = logging.getLogger(__name__)
@@ -430,25 +431,19 @@ def base_license_files(record: PruningRecord) -> dict[str, Path] | None:
         return None
 
 
-def _atomic_copy(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(dst.name + ".tmp")
-    shutil.copyfile(src, tmp)
-    tmp.replace(dst)
-
-
 def write_card(output_dir: str | Path, repo_id: str | None = None, fetch_license: bool = True) -> Path:
     """(Re)write ``output_dir/README.md`` from its ``evop_pruning.json``; returns the card's path."""
     output_dir = Path(output_dir)
     record = check_output_dir(output_dir)
     found = base_license_files(record) if fetch_license else None
     for name, src in (found or {}).items():
-        _atomic_copy(src, output_dir / name)
+        with atomic_path(output_dir / name) as tmp:
+            shutil.copyfile(src, tmp)
     present = present_license_files(output_dir)
     copied = present if present or found is not None else None
     path = output_dir / "README.md"
-    tmp = path.with_name("README.md.tmp")
-    render(record, repo_id=repo_id, license_files=copied).save(tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        render(record, repo_id=repo_id, license_files=copied).save(tmp)
     return path
 
 

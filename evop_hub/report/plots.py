@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..files import atomic_path
+
 
 def convergence_plot(trace: list[dict[str, Any]], path: str | Path) -> Path:
     """Best (and mean) calibration loss per search step, from a search trace."""
@@ -23,9 +25,7 @@ def convergence_plot(trace: list[dict[str, Any]], path: str | Path) -> Path:
     ax.set_ylabel("calibration loss (mean NLL)")
     ax.legend()
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
-    tmp.replace(path)
-    return path
+    return Path(path)

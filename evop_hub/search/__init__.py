@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -22,6 +21,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ..errors import EvopError
+from ..files import atomic_path
 from .evaluator import Evaluator, EvaluatorStats, Fitness, Mask, SerialEvaluator, as_mask
 from .methods import METHODS, SearchConfig, SearchContext
 
@@ -85,12 +85,6 @@ def _fingerprint(evaluator: Evaluator, k: int, config: SearchConfig) -> str:
     return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:16]
 
 
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
-
-
 def run_search(
     evaluator: Evaluator,
     k: int,
@@ -134,18 +128,18 @@ def run_search(
 
     def write_trace() -> None:
         if state_path is not None:
-            tmp = state_path.with_name(TRACE_FILE + ".tmp")
-            tmp.write_text("".join(json.dumps(row) + "\n" for row in trace))
-            os.replace(tmp, state_path.with_name(TRACE_FILE))
+            with atomic_path(state_path.with_name(TRACE_FILE)) as tmp:
+                tmp.write_text("".join(json.dumps(row) + "\n" for row in trace))
 
     def checkpoint(method_state: dict[str, Any]) -> None:
         if state_path is None:
             return
         memo = [[list(f.mask), f.nll_sum, f.tokens, f.batches, f.complete] for f in evaluator.memo.values()]
-        _write_json(state_path, {
-            "fingerprint": fingerprint, "method_state": method_state, "memo": memo, "trace": trace,
-            "stats": evaluator.stats.as_dict(), "seconds": elapsed + time.perf_counter() - started,
-        })
+        with atomic_path(state_path) as tmp:
+            tmp.write_text(json.dumps({
+                "fingerprint": fingerprint, "method_state": method_state, "memo": memo, "trace": trace,
+                "stats": evaluator.stats.as_dict(), "seconds": elapsed + time.perf_counter() - started,
+            }))
         write_trace()
 
     context = SearchContext(
