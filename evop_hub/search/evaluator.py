@@ -34,6 +34,12 @@ def as_mask(dropped) -> Mask:
     return tuple(sorted(int(i) for i in dropped))
 
 
+def keep_bits(mask: Mask, num_blocks: int) -> tuple[bool, ...]:
+    """Which blocks a mask keeps, in block order: the key of prefix reuse."""
+    dropped = set(mask)
+    return tuple(i not in dropped for i in range(num_blocks))
+
+
 @dataclass
 class Fitness:
     """A mask's NLL sum over the batches computed so far. Complete when every batch is in."""
@@ -152,7 +158,7 @@ class SerialEvaluator(Evaluator):
     # ------------------------------------------------------------------ evaluation
     def _advance(self, fit: Fitness, bound: float) -> None:
         """Add batches to ``fit`` until complete or its partial sum exceeds ``bound``."""
-        keep = tuple(i not in set(fit.mask) for i in range(self.num_blocks))
+        keep = keep_bits(fit.mask, self.num_blocks)
         while fit.batches < len(self.batches) and fit.nll_sum <= bound:
             value = self._batch_nll(keep, fit.batches)
             if not math.isfinite(value):
@@ -195,7 +201,7 @@ class SerialEvaluator(Evaluator):
             return done[survivors - 1] if survivors and len(done) >= survivors else math.inf
 
         # Lexicographic order of keep-bits puts masks sharing long prefixes next to each other.
-        order = sorted(unique, key=lambda m: tuple(i not in set(m) for i in range(self.num_blocks)), reverse=True)
+        order = sorted(unique, key=lambda m: keep_bits(m, self.num_blocks), reverse=True)
         for mask in order:
             fit = self.memo.get(mask)
             if fit is not None and (fit.complete or fit.nll_sum > bound()):
