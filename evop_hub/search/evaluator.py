@@ -11,7 +11,9 @@ forward of the physically pruned model) and avoids work in three ways:
   evaluated in lexicographic order of its keep-bits, so neighbours share long prefixes;
 * exact early termination: NLL sums only grow as batches are added, so once a mask's
   partial sum exceeds the sum it needs to be among the survivors, it stops; the
-  selection is the same as with full evaluations.
+  selection is the same as with full evaluations. The bar is set early: every new mask
+  first gets one batch, then the masks that look best on it are completed first, so the
+  survivors' sums (the bar) are low before most masks have spent more than one batch.
 """
 
 from __future__ import annotations
@@ -156,10 +158,11 @@ class SerialEvaluator(Evaluator):
         return float(total)
 
     # ------------------------------------------------------------------ evaluation
-    def _advance(self, fit: Fitness, bound: float) -> None:
-        """Add batches to ``fit`` until complete or its partial sum exceeds ``bound``."""
+    def _advance(self, fit: Fitness, bound: float, until: int | None = None) -> None:
+        """Add batches to ``fit`` until it has ``until`` (default: all) or its partial sum exceeds ``bound``."""
         keep = keep_bits(fit.mask, self.num_blocks)
-        while fit.batches < len(self.batches) and fit.nll_sum <= bound:
+        until = len(self.batches) if until is None else until
+        while fit.batches < until and fit.nll_sum <= bound:
             value = self._batch_nll(keep, fit.batches)
             if not math.isfinite(value):
                 raise EvopError(
@@ -170,8 +173,6 @@ class SerialEvaluator(Evaluator):
             fit.tokens += self.batches[fit.batches].shape[0] * (self.batches[fit.batches].shape[1] - 1)
             fit.batches += 1
         fit.complete = fit.batches == len(self.batches)
-        if not fit.complete:
-            self.stats.early_stops += 1
 
     @torch.no_grad()
     def layer_cosines(self, distance: int) -> list[float]:
@@ -202,6 +203,7 @@ class SerialEvaluator(Evaluator):
 
         # Lexicographic order of keep-bits puts masks sharing long prefixes next to each other.
         order = sorted(unique, key=lambda m: keep_bits(m, self.num_blocks), reverse=True)
+        pending = []
         for mask in order:
             fit = self.memo.get(mask)
             if fit is not None and (fit.complete or fit.nll_sum > bound()):
@@ -210,8 +212,17 @@ class SerialEvaluator(Evaluator):
             if fit is None:
                 fit = self.memo[mask] = Fitness(mask)
                 self.stats.evaluations += 1
+            pending.append(fit)
+        if survivors:  # one batch each, then the most promising complete first and set the bar
+            for fit in pending:
+                self._advance(fit, bound(), until=1)
+            first = {id(f) for f in sorted(pending, key=lambda f: f.nll_sum / f.tokens)[:survivors]}
+            pending = [f for f in pending if id(f) in first] + [f for f in pending if id(f) not in first]
+        for fit in pending:
             self._advance(fit, bound())
             if fit.complete:
                 done.append(fit.nll_sum)
                 done.sort()
+            else:
+                self.stats.early_stops += 1
         return [self.memo[m] for m in masks]

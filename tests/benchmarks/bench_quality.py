@@ -7,7 +7,9 @@ calibration sets drawn from WikiText-2 valid:
   calibration and the default ``SearchConfig``, both seeded with S);
 * ``sleb_random``: SLEB on random windows, SLEB's own recipe (the baseline to beat on held-out text);
 * ``sleb_ccds``: SLEB on the *same* CCDS set as ``evop_ccds``, so calibration losses compare
-  like with like (the search should never end above SLEB there; strict wins are counted).
+  like with like (the search should never end above SLEB there; strict wins are counted);
+* ``evop_random``: the default search on SLEB's random windows, which separates what the
+  sampler does from what the search does.
 
 Each chosen pattern is scored on held-out text: the mean, over corpora, of the per-token NLL
 (log-perplexity) on the first N non-overlapping windows of each corpus, windows cut as
@@ -66,7 +68,7 @@ from evop_hub.prune import PruneConfig
 from evop_hub.search import SearchConfig, SerialEvaluator, run_search
 
 WIKITEXT = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "wikitext-2"
-RUNS = ("evop_ccds", "sleb_ccds", "sleb_random")
+RUNS = ("evop_ccds", "evop_random", "sleb_ccds", "sleb_random")
 # No literary (public-domain book) corpus is available offline here; pass a local .txt with --heldout to add one.
 HELDOUT = ("wikitext2:test", "wiki-leads:test", "pydoc:test")
 
@@ -87,12 +89,13 @@ class Protocol:
     data_dir: str = str(WIKITEXT)
     dtype: str = "float32"
     device: str = "cpu"
+    batch_size: int | None = None  # calibration samples per forward; None: `evop-hub prune`'s default
 
 
 TIERS = {
     "cpu": Protocol(["smollm2-135m"], blocks=12, ks=[3, 4], seeds=[0, 1], samples=5, seq_len=64),
     "gpu": Protocol(["smollm2-135m"], blocks=None, ks=[6, 9], seeds=[0, 1, 2], samples=5, seq_len=2048,
-                    heldout_windows=6, heldout_seq_len=2048, device="cuda"),
+                    heldout_windows=6, heldout_seq_len=2048, dtype="bfloat16", device="cuda", batch_size=5),
 }
 
 
@@ -154,15 +157,18 @@ def run_model(name: str, protocol: Protocol, bar: tqdm) -> dict[str, Any]:
             config = replace(defaults.calibration, sampler=sampler, clusters=protocol.samples, samples_per_cluster=1,
                              seq_len=protocol.seq_len, seed=seed, data_dir=protocol.data_dir)
             ids = calibrate(valid, loaded.tokenizer, config).input_ids.to(protocol.device)
-            evaluators[sampler] = SerialEvaluator(loaded.model, ids, batch_size=defaults.batch_size,
+            evaluators[sampler] = SerialEvaluator(loaded.model, ids, batch_size=protocol.batch_size or defaults.batch_size,
                                                   cache_bytes=int(defaults.cache_gib * (1 << 30)))
         for k in protocol.ks:
             runs = {
                 "evop_ccds": search(evaluators["ccds"], k, replace(defaults.search, seed=seed), heldout),
                 "sleb_ccds": search(evaluators["ccds"], k, SearchConfig(method="sleb"), heldout),
                 "sleb_random": search(evaluators["random"], k, SearchConfig(method="sleb"), heldout),
+                "evop_random": search(evaluators["random"], k, replace(defaults.search, seed=seed), heldout),
             }
             cells.append({"seed": seed, "k": k, "runs": runs})
+            tqdm.write(json.dumps({"seed": seed, "k": k, **{name: {key: r[key] for key in (
+                "mask", "calibration_loss", "heldout_mean", "seconds")} for name, r in runs.items()}}))
             bar.update(1)
             bar.set_postfix(seed=seed, k=k, evop=f"{runs['evop_ccds']['heldout_mean']:.4f}",
                             sleb=f"{runs['sleb_random']['heldout_mean']:.4f}")
@@ -233,12 +239,14 @@ def markdown(result: dict[str, Any]) -> str:
             "",
             "Averaged over seeds (held-out mean log-perplexity, lower is better):",
             "",
-            "| k | evop_ccds | sleb_random | sleb_ccds | evop better than sleb_random | calib. evop <= sleb_ccds | strict wins |",
-            "|---|---|---|---|---|---|---|",
+            "| k | evop_ccds | evop_random | sleb_random | sleb_ccds | evop better than sleb_random "
+            "| calib. evop <= sleb_ccds | strict wins |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for row in m["summary"]:
             h = row["heldout_mean"]
-            lines.append(f"| {row['k']} | {h['evop_ccds']:.4f} | {h['sleb_random']:.4f} | {h['sleb_ccds']:.4f} | "
+            lines.append(f"| {row['k']} | {h['evop_ccds']:.4f} | {h['evop_random']:.4f} | {h['sleb_random']:.4f} | "
+                         f"{h['sleb_ccds']:.4f} | "
                          f"{'yes' if row['heldout_win'] else 'no'} | {row['calibration_le']}/{row['seeds']} | "
                          f"{row['calibration_strict_wins']}/{row['seeds']} |")
         lines += [
@@ -282,6 +290,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Protocol]:
     parser.add_argument("--data-dir", help="folder with WikiText-2 (and optionally the wiki-leads wheel)")
     parser.add_argument("--dtype")
     parser.add_argument("--device")
+    parser.add_argument("--batch-size", type=int, help="calibration samples per forward (as prune's --batch-size)")
     args = parser.parse_args(argv)
     overrides = {name: value for name, value in vars(args).items()
                  if name in Protocol.__dataclass_fields__ and value is not None}

@@ -8,17 +8,30 @@ answer; only the cost differs. Block calls are counted by forward hooks on the d
 blocks (not by the evaluator's own counter), and wall time by perf_counter.
 
     .venv/bin/python tests/benchmarks/bench_search.py --blocks 30 --k 6 --samples 4 --seq-len 128
+
+GPU tier (``--model llama-2-13b-shape --device cuda``): random weights in Llama-2-13B's shapes,
+bfloat16, 5 x 2048 random calibration tokens, the *default* search of ``evop-hub prune``
+(20 %: 8 of 40 blocks). The reference GA (EvoP's code: population 50, 100 generations, one
+full forward per candidate) would take hours, so its time is the measured time of one full
+forward over the 5 samples (median of several, batch 1 as the scripts run it) times 5,000:
+an extrapolation, said as such in the output. Also printed: tokens/s of the evaluator's
+block-by-block pass of the dense model against a plain Hugging Face forward.
+
+    python tests/benchmarks/bench_search.py --model llama-2-13b-shape --device cuda --samples 5 --seq-len 2048
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import torch
+import transformers
+from bench_speed import LLAMA_2_13B
 
 import evop_hub
 from evop_hub.models import find_blocks
@@ -69,8 +82,75 @@ def count_block_calls(model):
     return counter, handles
 
 
+def timed(fn, device: str) -> float:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def gpu_tier(args) -> None:
+    """The default search on a random-weight 13B shape against the reference GA's extrapolated cost."""
+    torch.manual_seed(0)
+    with torch.device(args.device):
+        model = transformers.AutoModelForCausalLM.from_config(
+            transformers.LlamaConfig(**LLAMA_2_13B), dtype=torch.bfloat16).eval()
+    blocks = LLAMA_2_13B["num_hidden_layers"]
+    calibration = torch.randint(0, LLAMA_2_13B["vocab_size"], (args.samples, args.seq_len),
+                                generator=torch.Generator().manual_seed(0)).to(args.device)
+    defaults = evop_hub.PruneConfig()
+    k = math.ceil(0.2 * blocks)
+
+    def hf_forward():
+        with torch.no_grad():
+            for row in calibration:
+                model(row[None], use_cache=False)
+
+    def our_pass():
+        SerialEvaluator(model, calibration, cache_bytes=0).loss(())
+
+    for _ in range(2):  # warm-up: kernels, allocator
+        hf_forward(), our_pass()
+    hf = sorted(timed(hf_forward, args.device) for _ in range(args.repeats))[args.repeats // 2]
+    ours_pass = sorted(timed(our_pass, args.device) for _ in range(args.repeats))[args.repeats // 2]
+    tokens = calibration.numel()
+    print(json.dumps({"full_forward_s": round(hf, 4), "hf_tokens_per_s": round(tokens / hf),
+                      "evaluator_dense_pass_s": round(ours_pass, 4), "evaluator_tokens_per_s": round(tokens / ours_pass),
+                      "evaluator_vs_hf_tokens_per_s": round(hf / ours_pass, 3)}), flush=True)
+
+    counter, handles = count_block_calls(model)
+    evaluator = SerialEvaluator(model, calibration, batch_size=defaults.batch_size, cache_bytes=int(args.cache_gib * (1 << 30)))
+    found = {}
+
+    def search():
+        found["result"] = run_search(evaluator, k, defaults.search, progress=True)
+
+    seconds = timed(search, args.device)
+    for h in handles:
+        h.remove()
+    result = found["result"]
+    reference_s = hf * args.reference_forwards
+    print(json.dumps({
+        "search": asdict(defaults.search), "k": k, "mask": list(result.mask), "loss": result.loss,
+        "seconds": round(seconds, 1), "block_calls": counter["calls"], "full_forward_equivalents": round(counter["calls"] / (blocks * args.samples), 1),
+        "evaluator": result.stats, "steps": len(result.trace),
+        "reference_forwards": args.reference_forwards, "reference_s_extrapolated": round(reference_s, 1),
+        "speedup_vs_reference": round(reference_s / seconds, 2),
+        "hardware": torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor(),
+        "torch": torch.__version__, "transformers": transformers.__version__,
+    }), flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=["smollm2-135m", "llama-2-13b-shape"], default="smollm2-135m")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--cache-gib", type=float, default=40.0, help="GPU tier: prefix cache budget")
+    parser.add_argument("--reference-forwards", type=int, default=50 * 100, help="GPU tier: the reference GA's forwards")
+    parser.add_argument("--repeats", type=int, default=5, help="GPU tier: timings per median")
     parser.add_argument("--blocks", type=int, default=30, help="use the first N blocks of SmolLM2-135M")
     parser.add_argument("--k", type=int, default=6)
     parser.add_argument("--samples", type=int, default=4)
@@ -80,6 +160,8 @@ def main():
     parser.add_argument("--method", default="evop")
     parser.add_argument("--data", default="../shared/data/wikitext-2/valid.txt")
     args = parser.parse_args()
+    if args.model == "llama-2-13b-shape":
+        return gpu_tier(args)
     torch.manual_seed(0)
     loaded = evop_hub.load("smollm2-135m")
     if args.blocks < 30:

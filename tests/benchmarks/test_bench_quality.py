@@ -43,7 +43,7 @@ def test_every_cell_is_present_and_finite(run):
     heldout = result["protocol"]["heldout"]
     assert [(c["seed"], c["k"]) for c in model["cells"]] == [(s, K) for s in SEEDS]
     for cell in model["cells"]:
-        assert set(cell["runs"]) == {"evop_ccds", "sleb_ccds", "sleb_random"}
+        assert set(cell["runs"]) == {"evop_ccds", "evop_random", "sleb_ccds", "sleb_random"}
         for run_ in cell["runs"].values():
             assert len(set(run_["mask"])) == K and all(0 <= i < BLOCKS for i in run_["mask"])
             assert math.isfinite(run_["calibration_loss"])
