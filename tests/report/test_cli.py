@@ -12,26 +12,21 @@ from typer.testing import CliRunner
 from evop_hub.cli import app
 from evop_hub.report.compare import CompareConfig
 
-from ..calibration.conftest import topical_corpus, word_tokenizer
-from ..tiny import tiny_llama
+from ..baselines.test_cli import setup  # noqa: F401  (fixture)
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("compare-cli")
-    texts = [d.text for d in topical_corpus().documents]
-    (root / "corpus.txt").write_text("\n\n".join(texts))
-    tokenizer = word_tokenizer(texts)
-    tiny_llama(4, vocab_size=len(tokenizer), max_position_embeddings=64).save_pretrained(root / "model")
-    tokenizer.save_pretrained(root / "model")
-    (root / "experiment.toml").write_text(
+def experiment(setup):
+    """The baselines' CLI setup (a tiny 2-block Llama, its tokenizer, corpus.txt) and a small experiment TOML."""
+    (setup / "experiment.toml").write_text(
         'methods = ["sleb", "shortgpt"]\nsamples = 2\nseq_len = 16\neval_seq_len = 16\neval_windows = 2\n'
         "ablations = false\nfig1c = false\nexhaustive_limit = 10\n[search]\npopulation = 4\n"
     )
-    return root
+    return setup
 
 
-def test_compare_runs_from_a_config_and_flags_then_rerenders(setup):
+def test_compare_runs_from_a_config_and_flags_then_rerenders(experiment):
+    setup = experiment
     out = setup / "report"
     corpus = str(setup / "corpus.txt")
     args = ["compare", str(setup / "model"), "--config", str(setup / "experiment.toml"), "--output", str(out),
@@ -53,7 +48,7 @@ def test_compare_runs_from_a_config_and_flags_then_rerenders(setup):
     assert done.exit_code == 0 and f"{len(results['cells'])} reused" in done.output
 
 
-def test_write_config_round_trips(setup, tmp_path):
+def test_write_config_round_trips(tmp_path):
     path = tmp_path / "resolved.toml"
     done = CliRunner().invoke(app, ["compare", "--preset", "cpu", "--seeds", "3,4", "--device", "cpu",
                                     "--write-config", str(path)])
@@ -62,7 +57,7 @@ def test_write_config_round_trips(setup, tmp_path):
     assert config.seeds == [3, 4] and config.blocks == 12
 
 
-def test_bad_flag_is_one_line_and_exit_2(setup, tmp_path):
+def test_bad_flag_is_one_line_and_exit_2(setup, tmp_path):  # noqa: F811
     done = subprocess.run([sys.executable, "-m", "evop_hub.cli", "compare", str(setup / "model"), "--output",
                            str(tmp_path / "r"), "--methods", "evop,bogus"], capture_output=True, text=True)
     assert done.returncode == 2
