@@ -16,6 +16,7 @@ from typing import Annotated, Optional
 import typer
 
 from .errors import EvopError
+from .files import atomic_path
 
 app = typer.Typer(
     add_completion=False,
@@ -502,6 +503,81 @@ def prune(
     typer.echo(f"saved {result.output}")
     if push_to_hub:
         print_push(push_dir(result.output, push_config))
+
+
+# ---------------------------------------------------------------- experiments (evop_hub.report.compare)
+def _csv(text: Optional[str], kind=str) -> Optional[list]:
+    if text is None:
+        return None
+    try:
+        return [kind(x.strip()) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise EvopError(f"{text!r} is not a comma-separated list of {kind.__name__} values") from None
+
+
+@app.command()
+def compare(
+    model: Annotated[Optional[str], typer.Argument(help="Hub id, local directory, .gguf file, or `smollm2-135m`.")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="REPORT_DIR: cells/, results.json, report.md, PNGs.")] = None,
+    config_file: Annotated[Optional[Path], typer.Option("--config", help="TOML file of CompareConfig fields (flags override it).")] = None,
+    preset: Annotated[Optional[str], typer.Option("--preset", help="gpu (the paper-like protocol) or cpu (small, minutes on 2 cores); the config file and flags override it.")] = None,
+    sparsities: Annotated[Optional[str], typer.Option("--sparsities", help="Comma-separated, e.g. 0.1,0.2,0.3 (each method's own unit).")] = None,
+    methods: Annotated[Optional[str], typer.Option("--methods", help="Comma-separated: evop, sleb, shortgpt, angular, random, exhaustive, wanda, slicegpt (dense is always the reference).")] = None,
+    seeds: Annotated[Optional[str], typer.Option("--seeds", help="Comma-separated calibration/search seeds, e.g. 0,1,2.")] = None,
+    corpus: Annotated[Optional[str], typer.Option("--corpus", help="Calibration corpus NAME[:SPLIT] or a local file.")] = None,
+    eval_corpora: Annotated[Optional[str], typer.Option("--eval", help="Comma-separated evaluation corpora.")] = None,
+    samples: Annotated[Optional[int], typer.Option("--samples", help="Calibration samples (CCDS clusters x 1).")] = None,
+    seq_len: Annotated[Optional[int], typer.Option("--seq-len", help="Tokens per calibration sample.")] = None,
+    eval_seq_len: Annotated[Optional[int], typer.Option("--eval-seq-len", help="Tokens per held-out window.")] = None,
+    eval_windows: Annotated[Optional[int], typer.Option("--eval-windows", help="First N windows of each evaluation corpus (0: all).")] = None,
+    blocks: Annotated[Optional[int], typer.Option("--blocks", help="Keep only the first N blocks of the model (0: all).")] = None,
+    tasks: Annotated[Optional[str], typer.Option("--tasks", help="Comma-separated lm-eval tasks; `none` for none.")] = None,
+    no_speed: Annotated[bool, typer.Option("--no-speed", help="Do not measure speed.")] = False,
+    device: Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, cuda:1 ...")] = None,
+    dtype: Annotated[Optional[str], typer.Option("--dtype", help="float32|bfloat16|float16|auto")] = None,
+    data_dir: DataDirOpt = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Reuse the finished cells in REPORT_DIR; compute the rest.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Delete what compare wrote in REPORT_DIR and start over.")] = False,
+    report_only: Annotated[bool, typer.Option("--report-only", help="Rewrite report.md and the PNGs from REPORT_DIR/results.json; run nothing.")] = False,
+    write_config: Annotated[Optional[Path], typer.Option("--write-config", help="Write the resolved settings as TOML to this file and stop.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+) -> None:
+    """Reproduce the EvoP paper's tables and figures on MODEL: methods x sparsities x seeds, resumable."""
+    from .report.compare import CompareConfig
+    from .report.compare import compare as run_compare
+    from .report.compare import preset as preset_config
+    from .report.tables import regenerate
+
+    if report_only:
+        if output is None:
+            raise EvopError("--report-only needs --output REPORT_DIR")
+        typer.echo(f"wrote {regenerate(output)}")
+        return
+    config = preset_config(preset) if preset else CompareConfig()
+    if config_file is not None:
+        config = CompareConfig.load(config_file, config)
+    flags = {
+        "sparsities": _csv(sparsities, float), "methods": _csv(methods), "seeds": _csv(seeds, int), "calibration": corpus,
+        "eval": _csv(eval_corpora), "samples": samples, "seq_len": seq_len, "eval_seq_len": eval_seq_len,
+        "eval_windows": eval_windows, "blocks": blocks, "device": device, "dtype": dtype,
+        "data_dir": str(data_dir) if data_dir else None,
+        "tasks": None if tasks is None else ([] if tasks.strip().lower() == "none" else _csv(tasks)),
+        "speed": False if no_speed else None,
+    }
+    config = CompareConfig.from_dict({k: v for k, v in flags.items() if v is not None}, config)
+    for name in ("eval_windows", "blocks"):
+        if getattr(config, name) == 0:
+            config = CompareConfig.from_dict({name: None}, config)
+    if write_config is not None:
+        with atomic_path(write_config) as tmp:
+            tmp.write_text(config.to_toml())
+        typer.echo(f"wrote {write_config}")
+        return
+    if model is None or output is None:
+        raise EvopError("give MODEL and --output REPORT_DIR (or --report-only --output REPORT_DIR)")
+    results = run_compare(model, config, output, resume=resume, overwrite=overwrite, command=command_line(),
+                          progress=not quiet)
+    typer.echo(f"{len(results['cells'])} cells ({results['cells_reused']} reused); wrote {Path(output) / 'report.md'}")
 
 
 def main() -> None:

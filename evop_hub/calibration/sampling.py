@@ -37,6 +37,8 @@ class CalibrationConfig:
     batch_size: int = 64  # chunks per embedding batch
     data_dir: str | None = None  # local copies of Hub corpora, see evop_hub.data.load_corpus
     cache_dir: str | None = None  # for embeddings; None: evop-hub's user cache
+    # ccds only: draw all clusters x samples_per_cluster rows from this one cluster (EvoP's Fig. 1c), not one per cluster
+    cluster: int | None = None
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -44,6 +46,8 @@ class CalibrationConfig:
         for name in ("clusters", "samples_per_cluster", "seq_len", "sentences_per_chunk", "batch_size"):
             if getattr(self, name) < 1:
                 raise EvopError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
+        if self.cluster is not None and (self.sampler != "ccds" or not 0 <= self.cluster < self.clusters):
+            raise EvopError(f"cluster {self.cluster} needs the ccds sampler and a number from 0 to {self.clusters - 1}")
 
     @property
     def num_samples(self) -> int:
@@ -146,10 +150,12 @@ def ccds(corpus: Corpus, tokenizer: Any, config: CalibrationConfig) -> Drawn:
 
     rng = np.random.default_rng(config.seed)
     rows, samples = [], []
-    for j in range(k):
+    # n samples from every cluster, or (Fig. 1c) all k x n samples from one
+    quotas = [(j, n) for j in range(k)] if config.cluster is None else [(config.cluster, k * n)]
+    for j, quota in quotas:
         members = np.flatnonzero(labels == j)
         pool = iter(rng.permutation(members).tolist())
-        for _ in range(n):
+        for _ in range(quota):
             ids: list[int] = []
             held: list[int] = []
             while len(ids) < seq_len:
@@ -157,7 +163,7 @@ def ccds(corpus: Corpus, tokenizer: Any, config: CalibrationConfig) -> Drawn:
                 if index is None:
                     tokens = sum(len(chunk_ids[i]) for i in members)
                     raise EvopError(
-                        f"cluster {j} has {tokens:,} tokens in {members.size} chunks, too few for {n} samples of "
+                        f"cluster {j} has {tokens:,} tokens in {members.size} chunks, too few for {quota} samples of "
                         f"{seq_len} tokens; use fewer --clusters or --samples-per-cluster, a shorter --seq-len or a larger corpus"
                     )
                 ids.extend(chunk_ids[index])
@@ -167,6 +173,7 @@ def ccds(corpus: Corpus, tokenizer: Any, config: CalibrationConfig) -> Drawn:
 
     topics = [c.label for c in chunks]
     details: dict[str, Any] = {
+        **({} if config.cluster is None else {"only_cluster": config.cluster}),
         "embedder": config.embedder,
         "sentences_per_chunk": config.sentences_per_chunk,
         "chunks": len(chunks),

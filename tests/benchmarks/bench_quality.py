@@ -47,7 +47,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import sys
 import time
@@ -56,15 +55,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import torch
 from tqdm.auto import tqdm
 
 import evop_hub
 from evop_hub.calibration import calibrate
 from evop_hub.data import load_corpus
-from evop_hub.evaluate.perplexity import make_windows
+from evop_hub.evaluate.heldout import HeldOut
 from evop_hub.models import LoadConfig
 from evop_hub.prune import PruneConfig
+from evop_hub.report.provenance import hardware as shared_hardware
 from evop_hub.search import SearchConfig, SerialEvaluator, run_search
 
 WIKITEXT = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "wikitext-2"
@@ -101,30 +100,18 @@ TIERS = {
 
 
 def hardware() -> str:
-    cpu = platform.processor() or platform.machine()
-    if Path("/proc/cpuinfo").is_file():
-        names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    text = f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} threads"
-    if torch.cuda.is_available():
-        text += f", GPU {torch.cuda.get_device_name(0)}"
-    return text + f", load average at start {os.getloadavg()[0]:.1f}"
+    return shared_hardware() + " at start"
 
 
-class HeldOut:
+def held_out(loaded, protocol: Protocol) -> HeldOut:
     """Held-out NLL of any pattern, one memoising evaluator per corpus (patterns repeat across runs)."""
+    return HeldOut.from_corpora(loaded.model, loaded.tokenizer, protocol.heldout, protocol.heldout_seq_len,
+                                protocol.heldout_windows, protocol.data_dir)
 
-    def __init__(self, loaded, protocol: Protocol):
-        self.evaluators, self.windows = {}, {}
-        for spec in protocol.heldout:
-            corpus = load_corpus(spec, data_dir=protocol.data_dir)
-            ids = make_windows(loaded.tokenizer, corpus, protocol.heldout_seq_len, protocol.heldout_windows)
-            self.evaluators[spec] = SerialEvaluator(loaded.model, ids.to(protocol.device))
-            self.windows[spec] = {"form": corpus.form, "windows": ids.shape[0], "seq_len": ids.shape[1]}
 
-    def score(self, mask) -> dict[str, Any]:
-        per_corpus = {spec: ev.loss(tuple(mask)) for spec, ev in self.evaluators.items()}
-        return {"heldout": per_corpus, "heldout_mean": sum(per_corpus.values()) / len(per_corpus)}
+def score(heldout: HeldOut, mask) -> dict[str, Any]:
+    per_corpus = heldout.score(mask)
+    return {"heldout": per_corpus, "heldout_mean": sum(per_corpus.values()) / len(per_corpus)}
 
 
 def search(evaluator: SerialEvaluator, k: int, config: SearchConfig, heldout: HeldOut) -> dict[str, Any]:
@@ -138,7 +125,7 @@ def search(evaluator: SerialEvaluator, k: int, config: SearchConfig, heldout: He
         "evaluations": evaluator.stats.evaluations - before["evaluations"],
         "block_forwards": evaluator.stats.block_forwards - before["block_forwards"],
         "seconds": round(time.perf_counter() - start, 2),
-        **heldout.score(result.mask),
+        **score(heldout, result.mask),
     }
 
 
@@ -148,7 +135,7 @@ def run_model(name: str, protocol: Protocol, bar: tqdm) -> dict[str, Any]:
     total = loaded.record.num_blocks
     if protocol.blocks is not None and protocol.blocks < total:
         evop_hub.drop(loaded, range(protocol.blocks, total))
-    heldout = HeldOut(loaded, protocol)
+    heldout = held_out(loaded, protocol)
     defaults = PruneConfig()  # what `evop-hub prune` runs unless told otherwise
     valid = load_corpus("wikitext2:valid", data_dir=protocol.data_dir)
     cells = []
@@ -177,8 +164,8 @@ def run_model(name: str, protocol: Protocol, bar: tqdm) -> dict[str, Any]:
         "model": name,
         "blocks": len(loaded.record.kept_blocks),
         "source_blocks": total,
-        "heldout_windows": heldout.windows,
-        "dense": heldout.score(()),
+        "heldout_windows": heldout.info,
+        "dense": score(heldout, ()),
         "search_defaults": asdict(defaults.search),
         "cells": cells,
         "summary": summarise(cells, protocol.ks),
