@@ -455,7 +455,7 @@ def compare(model: Any, config: CompareConfig, output: str | Path, *, resume: bo
     out = prepare_report_dir(output, resume=resume, overwrite=overwrite)
     fingerprint = config.fingerprint(name)
     ws = Workspace(model, config)
-    blocks = len(find_blocks(ws.loaded.model))
+    blocks = _recorded_blocks(out, fingerprint) or len(find_blocks(ws.loaded.model))
     keys = plan(config, blocks)
     machine, packages = hardware(), versions()
     cells, reused, started = [], 0, time.perf_counter()
@@ -500,6 +500,16 @@ def compare(model: Any, config: CompareConfig, output: str | Path, *, resume: bo
 
     write_report(out, results)
     return results
+
+
+def _recorded_blocks(out: Path, fingerprint: str) -> int | None:
+    """The model's block count from a finished cell, so that a resumed run with nothing left to compute (a
+    report over fewer seeds, made on another machine than the cells) never loads the model."""
+    for path in sorted((out / CELLS_DIR).glob("*.json")):
+        cell = json.loads(path.read_text())
+        if cell.get("fingerprint") == fingerprint and cell.get("blocks"):
+            return cell["blocks"]
+    return None
 
 
 def _saved_windows(out: Path) -> dict[str, Any] | None:

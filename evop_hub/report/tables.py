@@ -268,6 +268,12 @@ def render(results: dict[str, Any]) -> str:
     head += [f"Hardware: {results['hardware']}. Versions: {versions}. Report written {results['date']}; wall time of "
              f"the last run {results['seconds']:.0f} s ({results['cells_reused']} of {len(results['cells'])} cells "
              "reused from earlier runs).", ""]
+    # Reused cells may come from another machine (a GPU run, reported elsewhere): say where the numbers were made.
+    made = sorted({(c["provenance"]["hardware"].split(", load average")[0],
+                    ", ".join(f"{k} {v}" for k, v in c["provenance"]["versions"].items()))
+                   for c in results["cells"] if c.get("provenance")})
+    if made and made != [(results["hardware"].split(", load average")[0], versions)]:
+        head += ["Cells computed on: " + "; ".join(f"{hw} ({v})" for hw, v in made) + ".", ""]
     body = [*_protocol(results), "", *_table1(cells), *_domain_tables(cells), *_table4(cells),
             *_fig1a(cells, results["blocks"]), *_fig1c(cells), *_cell_list(results)]
     return "\n".join(head + body) + "\n"

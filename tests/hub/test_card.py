@@ -146,3 +146,17 @@ def test_width_baseline_cards_do_not_claim_removed_blocks(method, unit, fmt):
     assert "blocks removed" not in text and "Block pattern" not in text
     assert f"{method}: what was done" in text and fmt in text
     assert ("trust_remote_code=True)" in text) == (method == "slicegpt")
+
+
+def test_evop_evidence_quotes_the_committed_quality_benchmark():
+    """The card's numbers for the default search are the GPU tier's, not typed in separately."""
+    import json
+    from pathlib import Path
+
+    from evop_hub.hub.card import EVOP_EVIDENCE
+
+    result = json.loads((Path(__file__).resolve().parents[1] / "benchmarks" / "bench_quality_gpu.json").read_text())
+    assert result["acceptance"]["holds"]
+    for row in result["models"][0]["summary"]:
+        mean = row["heldout_mean"]
+        assert f"{mean['evop_ccds']:.3f} vs {mean['sleb_random']:.3f} with {row['k']} of 30" in EVOP_EVIDENCE

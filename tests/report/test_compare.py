@@ -142,6 +142,12 @@ def test_resume_reuses_finished_cells_and_computes_only_new_ones(run, corpora, t
     again = compare(tiny_loaded(tokenizer), small_config(corpora), out, resume=True, progress=False)
     assert computed == [] and again["cells_reused"] == len(results["cells"])
     assert [c["id"] for c in again["cells"]] == [c["id"] for c in results["cells"]]
+    # A report over fewer seeds, every cell finished: made without the model (e.g. here, from a GPU run's cells).
+    loaded_property = cmp.Workspace.loaded
+    monkeypatch.setattr(cmp.Workspace, "loaded", property(lambda ws: pytest.fail("loaded the model needlessly")))
+    fewer = compare(tiny_loaded(tokenizer), small_config(corpora, seeds=[0]), out, resume=True, progress=False)
+    assert computed == [] and {c["seed"] for c in fewer["cells"]} <= {None, 0}
+    monkeypatch.setattr(cmp.Workspace, "loaded", loaded_property)
     more = compare(tiny_loaded(tokenizer), small_config(corpora, seeds=[0, 1, 2], fig1c=False, ablations=False, fig1a=False),
                    out, resume=True, progress=False)
     assert computed and all(i.endswith("seed2") for i in computed)
@@ -211,3 +217,15 @@ def test_bad_config_is_one_line_error(tmp_path, text, message):
     with pytest.raises(EvopError, match=message) as info:
         CompareConfig.load(path)
     assert "\n" not in str(info.value)
+
+
+def test_committed_results_page_is_what_its_json_says():
+    """tests/benchmarks/RESULTS.md quotes compare/smollm2-gpu/report.md: it must be the rendering of results.json."""
+    from pathlib import Path
+
+    from evop_hub.report.tables import render
+
+    folder = Path(__file__).resolve().parents[1] / "benchmarks" / "compare" / "smollm2-gpu"
+    results = json.loads((folder / "results.json").read_text())
+    assert render(results) == (folder / "report.md").read_text()
+    assert len({c["seed"] for c in results["cells"]} - {None}) == 2 and len(results["cells"]) == 77
