@@ -111,7 +111,7 @@ class SerialEvaluator(Evaluator):
     model: torch.nn.Module
     input_ids: torch.Tensor  # [samples, seq_len] calibration token ids
     batch_size: int = 1
-    cache_bytes: int = 1 << 30
+    cache_bytes: int = 1 << 30  # the prefix cache, and separately the states one walk of the blocks holds
     group_tokens: int = 16384  # tokens per batched block call when several masks' states share it
     memo: dict[Mask, Fitness] = field(default_factory=dict)
     stats: EvaluatorStats = field(default_factory=EvaluatorStats)
@@ -203,10 +203,17 @@ class SerialEvaluator(Evaluator):
         """Add batches, one at a time for all of ``fits`` together, until each has ``until`` (default: all)
         or its partial sum exceeds ``bound()``."""
         for b in range(len(self.batches) if until is None else until):
-            alive = [f for f in fits if f.batches == b and f.nll_sum <= bound()]
+            alive = sorted((f for f in fits if f.batches == b and f.nll_sum <= bound()),
+                           key=lambda f: keep_bits(f.mask, self.num_blocks), reverse=True)
             if not alive:
                 continue
-            for fit, value in zip(alive, self._batch_nlls([keep_bits(f.mask, self.num_blocks) for f in alive], b)):
+            # A walk holds up to one state per mask: walks of at most `cache_bytes` of states, neighbours together.
+            state = self._context(b).hidden
+            per_walk = max(1, self.cache_bytes // (state.numel() * state.element_size()))
+            values = []
+            for start in range(0, len(alive), per_walk):
+                values += self._batch_nlls([keep_bits(f.mask, self.num_blocks) for f in alive[start : start + per_walk]], b)
+            for fit, value in zip(alive, values):
                 if not math.isfinite(value):
                     raise EvopError(
                         f"dropping blocks {list(fit.mask)} gives a non-finite loss ({value}); "

@@ -61,6 +61,20 @@ def test_prefix_reuse_and_memo_do_not_change_values():
     assert cached.stats.block_forwards == before, "memoised masks were recomputed"
 
 
+def test_walks_split_under_the_memory_budget_give_the_same_values():
+    model = build("llama", layers=8)
+    ids = calibration(model)
+    masks = [tuple(sorted(random.Random(i).sample(range(8), 3))) for i in range(20)]
+    state_bytes = ids.shape[1] * model.config.hidden_size * 4  # one sample's hidden state, float32
+    tight = SerialEvaluator(model, ids, batch_size=1, cache_bytes=3 * state_bytes)
+    walks = []
+    real = tight._batch_nlls
+    tight._batch_nlls = lambda keeps, b: walks.append(len(keeps)) or real(keeps, b)
+    roomy = SerialEvaluator(model, ids, batch_size=1)
+    assert [f.loss for f in tight.evaluate(masks)] == pytest.approx([f.loss for f in roomy.evaluate(masks)], rel=1e-6)
+    assert max(walks) == 3 and len(walks) > 4 * 4
+
+
 def test_early_termination_keeps_the_same_survivors():
     # Random models give every mask nearly the same loss, so nothing stops early here; the
     # real-weight test in test_smollm2_search.py checks that early stops happen and change nothing.
