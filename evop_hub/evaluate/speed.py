@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import ctypes
 import inspect
-import platform
 import re
 import statistics
 import time
@@ -28,6 +27,7 @@ from tqdm.auto import tqdm
 
 from ..errors import EvopError
 from ..models import LoadConfig, count_parameters, find_blocks
+from ..report.provenance import cpu_name
 from .tasks import open_model, out_of_memory, record_scores
 
 PROC_STATUS = Path("/proc/self/status")
@@ -114,12 +114,7 @@ class SpeedResult:
 def _hardware(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    cpuinfo = Path("/proc/cpuinfo")
-    name = platform.processor() or platform.machine()
-    if cpuinfo.is_file():
-        found = re.search(r"model name\s*:\s*(.+)", cpuinfo.read_text())
-        name = found.group(1).strip() if found else name
-    return f"{name}, torch threads: {torch.get_num_threads()}"
+    return f"{cpu_name()}, torch threads: {torch.get_num_threads()}"
 
 
 class _PeakMemory:

@@ -161,7 +161,10 @@ class CompareConfig:
     # ------------------------------------------------------------------ derived
     @property
     def cluster_sparsity(self) -> float:
-        return self.fig1c_sparsity if self.fig1c_sparsity is not None else max(self.sparsities)
+        return cluster_sparsity(self.fig1c_sparsity, self.sparsities)
+
+    def own_sampler(self, method: str) -> str:
+        return own_sampler(method, self.baseline_sampler)
 
     def fingerprint(self, model: str) -> str:
         """What a cell's numbers depend on besides its own key; resuming with another value is refused."""
@@ -169,6 +172,17 @@ class CompareConfig:
         for name in ("sparsities", "methods", "seeds", "ablations", "fig1a", "fig1c", "fig1c_methods", "fig1c_sparsity"):
             data.pop(name)
         return hashlib.sha256(json.dumps([model, data], sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# Two rules the run and the report (which reads results.json alone) must share.
+def own_sampler(method: str, baseline_sampler: str) -> str:
+    """How a method's main cells are calibrated: EvoP with CCDS, every other method with ``baseline_sampler``."""
+    return "ccds" if method == "evop" else baseline_sampler
+
+
+def cluster_sparsity(fig1c_sparsity: float | None, sparsities: list[float]) -> float:
+    """Fig. 1c's sparsity: ``fig1c_sparsity``, else the largest of ``sparsities``."""
+    return fig1c_sparsity if fig1c_sparsity is not None else max(sparsities)
 
 
 def _fits(value: Any, hint: Any) -> bool:
@@ -250,11 +264,10 @@ def plan(config: CompareConfig, num_blocks: int) -> list[CellKey]:
     """Every cell, without repeats, grouped by calibration set so one evaluator is alive at a time."""
     from ..baselines import BASELINES
 
-    own = lambda m: "ccds" if m == "evop" else config.baseline_sampler  # noqa: E731
     keys: list[CellKey] = [CellKey("dense")]
     for seed in config.seeds:
         for s in config.sparsities:
-            keys += [CellKey(m, own(m), s, seed) for m in config.methods]
+            keys += [CellKey(m, config.own_sampler(m), s, seed) for m in config.methods]
             if config.ablations:
                 keys += [CellKey("evop", "ccds", s, seed), CellKey("evop", "random", s, seed), CellKey("sleb", "ccds", s, seed)]
             if config.fig1a:
@@ -332,7 +345,7 @@ def _heldout_numbers(nll: dict[str, float]) -> dict[str, dict[str, float]]:
 def _extras(ws: Workspace, key: CellKey, pruned) -> dict[str, Any]:
     """Speed (first seed of main cells) and zero-shot tasks of a pruned model, when asked for."""
     c, out = ws.config, {}
-    main = key.cluster is None and (key.sampler == ("ccds" if key.method == "evop" else c.baseline_sampler))
+    main = key.cluster is None and key.sampler == c.own_sampler(key.method)
     if c.speed and main and key.seed == c.seeds[0]:
         from ..evaluate.speed import SpeedConfig, speed
 

@@ -48,7 +48,7 @@ class Cells:
         self.dense = next((c for c in results["cells"] if c["method"] == "dense"), None)
 
     def own_sampler(self, method: str) -> str:
-        return "ccds" if method == "evop" else self.config["baseline_sampler"]
+        return _compare.own_sampler(method, self.config["baseline_sampler"])
 
     def get(self, method: str, sampler: str, sparsity: float, cluster: int | None = None) -> list[dict[str, Any]]:
         return self.groups.get((method, sampler, sparsity, cluster), [])
@@ -215,7 +215,7 @@ def _fig1a(cells: Cells, blocks: int) -> list[str]:
 
 def fig1c_series(cells: Cells, spec: str) -> tuple[list[str], dict[str, list[tuple[float, float]]]]:
     c = cells.config
-    s = c["fig1c_sparsity"] if c["fig1c_sparsity"] is not None else max(c["sparsities"])
+    s = _compare.cluster_sparsity(c["fig1c_sparsity"], c["sparsities"])
     groups = [f"C{j}" for j in range(c["samples"])] + ["all (CCDS)"]
     series = {}
     for method in c["fig1c_methods"]:
@@ -232,7 +232,7 @@ def _fig1c(cells: Cells) -> list[str]:
     lines = ["", "## Figure 1c: calibrating on a single cluster", ""]
     if not c["fig1c"]:
         return lines + ["Not run (`fig1c = false`)."]
-    s = c["fig1c_sparsity"] if c["fig1c_sparsity"] is not None else max(c["sparsities"])
+    s = _compare.cluster_sparsity(c["fig1c_sparsity"], c["sparsities"])
     lines += [f"![perplexity when calibrating on each cluster]({_compare.FIG1C})", "",
               f"Sparsity {s:g}. C_j: all {c['samples']} calibration samples drawn from CCDS cluster j of "
               f"{c['calibration']}; all (CCDS): one sample per cluster (present when {s:g} is among the sparsities and "

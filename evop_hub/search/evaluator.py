@@ -203,16 +203,17 @@ class SerialEvaluator(Evaluator):
         """Add batches, one at a time for all of ``fits`` together, until each has ``until`` (default: all)
         or its partial sum exceeds ``bound()``."""
         for b in range(len(self.batches) if until is None else until):
-            alive = sorted((f for f in fits if f.batches == b and f.nll_sum <= bound()),
-                           key=lambda f: keep_bits(f.mask, self.num_blocks), reverse=True)
-            if not alive:
+            keyed = sorted(((keep_bits(f.mask, self.num_blocks), f) for f in fits if f.batches == b and f.nll_sum <= bound()),
+                           key=lambda pair: pair[0], reverse=True)
+            if not keyed:
                 continue
+            keeps, alive = zip(*keyed)
             # A walk holds up to one state per mask: walks of at most `cache_bytes` of states, neighbours together.
             state = self._context(b).hidden
             per_walk = max(1, self.cache_bytes // (state.numel() * state.element_size()))
             values = []
-            for start in range(0, len(alive), per_walk):
-                values += self._batch_nlls([keep_bits(f.mask, self.num_blocks) for f in alive[start : start + per_walk]], b)
+            for start in range(0, len(keeps), per_walk):
+                values += self._batch_nlls(list(keeps[start : start + per_walk]), b)
             for fit, value in zip(alive, values):
                 if not math.isfinite(value):
                     raise EvopError(

@@ -24,14 +24,7 @@ import torch
 from evop_hub.calibration import DEFAULT_EMBEDDER, load_embedder, split_chunks, topic_nmi
 from evop_hub.calibration.ccds import cluster
 from evop_hub.data import load_corpus
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as info:
-            return next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown"
+from evop_hub.report.provenance import cpu_name
 
 
 def main() -> None:
