@@ -16,7 +16,7 @@ from .calibration import CalibrationConfig, CalibrationSet, calibrate
 from .errors import EvopError
 from .models import LoadConfig, LoadedModel, drop, find_blocks, load, prepare_output, save, state_dir
 from .record import PruningRecord
-from .search import METHODS, SearchConfig, SearchResult, SerialEvaluator, num_drop, run_search
+from .search import METHODS, PoolEvaluator, SearchConfig, SearchResult, SerialEvaluator, num_drop, run_search
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,9 @@ class PruneConfig:
     calibration_file: str | None = None  # a file from `evop-hub calibrate`, instead of drawing one
     batch_size: int = 1  # calibration samples per forward; 1 lets early termination stop soonest
     cache_gib: float = 1.0  # memory for cached prefix hidden states
+    # Evaluate masks on these devices side by side, one copy of the model on each (e.g. ["cuda:0", "cuda:1"]);
+    # None: on the model's own device(s), serially.
+    search_devices: list[str] | None = None
     load: LoadConfig = field(default_factory=LoadConfig)
     output: str | None = None  # None: nothing saved
     overwrite: bool = False
@@ -129,11 +132,12 @@ def prune(model: str | LoadedModel, config: PruneConfig | None = None) -> PruneR
              100 * k * per_block / loaded.record.parameters_before)
     run_dir = state_dir(output) if output else None
     calibration = _calibration(loaded, config, run_dir)
-    device = next(p.device for p in loaded.model.parameters() if p.device.type != "meta")
-    evaluator = SerialEvaluator(
-        loaded.model, calibration.input_ids.to(device), batch_size=config.batch_size,
-        cache_bytes=int(config.cache_gib * (1 << 30)),
-    )
+    settings = {"batch_size": config.batch_size, "cache_bytes": int(config.cache_gib * (1 << 30))}
+    if config.search_devices:
+        evaluator = PoolEvaluator.replicate(loaded.model, calibration.input_ids, config.search_devices, **settings)
+    else:
+        device = next(p.device for p in loaded.model.parameters() if p.device.type != "meta")
+        evaluator = SerialEvaluator(loaded.model, calibration.input_ids.to(device), **settings)
     result = run_search(evaluator, k, config.search, state_dir=run_dir, resume=config.resume, progress=config.progress)
     drop(loaded, result.mask)
     record = loaded.record

@@ -237,9 +237,15 @@ def convert_gguf(gguf_path: Path, *, token: str | bool | None = None) -> Path:
     result is a plain checkpoint that saves, prunes and reloads like any other.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import __version__ as transformers_version
 
-    stat = gguf_path.stat()
-    key = hashlib.sha256(f"{gguf_path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    # Content, not path: the same file installed in several environments converts once. The transformers
+    # version is part of the key because its GGUF reader does the dequantization.
+    content = hashlib.sha256()
+    with gguf_path.open("rb") as file:
+        while block := file.read(1 << 20):
+            content.update(block)
+    key = hashlib.sha256(f"{content.hexdigest()}:{transformers_version}".encode()).hexdigest()[:16]
     target = cache_dir() / "gguf" / f"{gguf_path.stem}-{key}"
     if (target / "config.json").is_file():
         return target

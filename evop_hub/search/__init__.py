@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from ..errors import EvopError
 from ..files import atomic_path
-from .evaluator import Evaluator, EvaluatorStats, Fitness, Mask, SerialEvaluator, as_mask
+from .evaluator import Evaluator, EvaluatorStats, Fitness, Mask, PoolEvaluator, SerialEvaluator, as_mask
 from .methods import METHODS, SearchConfig, SearchContext
 
 STATE_FILE = "search_state.json"
@@ -33,6 +33,7 @@ __all__ = [
     "Evaluator",
     "Fitness",
     "Mask",
+    "PoolEvaluator",
     "SearchConfig",
     "SearchResult",
     "SerialEvaluator",

@@ -25,6 +25,8 @@ import math
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from copy import deepcopy
 from dataclasses import dataclass, field
 
 import torch
@@ -61,6 +63,14 @@ class Fitness:
         return self.nll_sum / self.tokens if self.complete else math.inf
 
 
+def checked(masks: Sequence[Mask], num_blocks: int) -> list[Mask]:
+    masks = [as_mask(m) for m in masks]
+    for mask in masks:
+        if len(mask) >= num_blocks or (mask and not 0 <= mask[0] <= mask[-1] < num_blocks):
+            raise EvopError(f"invalid mask {list(mask)} for a model with {num_blocks} blocks")
+    return masks
+
+
 @dataclass
 class EvaluatorStats:
     """Counters reported in the search trace."""
@@ -74,6 +84,11 @@ class EvaluatorStats:
 
     def as_dict(self) -> dict[str, int]:
         return dict(vars(self))
+
+    def add_work(self, after: EvaluatorStats, before: dict[str, int]) -> None:
+        """Add the compute another evaluator did between ``before`` and ``after`` (a pool's worker)."""
+        for name in ("early_stops", "block_forwards", "prefix_hits", "blocks_saved"):
+            setattr(self, name, getattr(self, name) + getattr(after, name) - before[name])
 
 
 class Evaluator(ABC):
@@ -242,10 +257,7 @@ class SerialEvaluator(Evaluator):
         return (sums / count).tolist()
 
     def evaluate(self, masks: Sequence[Mask], survivors: int | None = None) -> list[Fitness]:
-        masks = [as_mask(m) for m in masks]
-        for mask in masks:
-            if len(mask) >= self.num_blocks or (mask and not 0 <= mask[0] <= mask[-1] < self.num_blocks):
-                raise EvopError(f"invalid mask {list(mask)} for a model with {self.num_blocks} blocks")
+        masks = checked(masks, self.num_blocks)
         unique = list(dict.fromkeys(masks))
         done = sorted((self.memo[m].nll_sum for m in unique if m in self.memo and self.memo[m].complete))
 
@@ -273,3 +285,78 @@ class SerialEvaluator(Evaluator):
             done.sort()
         self.stats.early_stops += sum(not f.complete for f in pending)
         return [self.memo[m] for m in masks]
+
+
+@dataclass
+class PoolEvaluator(Evaluator):
+    """Masks shared out over several serial evaluators, one model copy per device, run side by side.
+
+    The shape of mergekit's actor pool, with threads instead of processes: the devices compute
+    while Python waits, and the masks, the memo and the resume state stay in one process.
+    Each call's new masks are sorted by their keep bits and cut into contiguous slices, so
+    the masks that share long prefixes land on the same worker and keep sharing its walk.
+    Early termination stays exact: each worker also receives the call's masks whose losses
+    are already known, and stops a mask only when ``survivors`` of the masks it sees are
+    lower; those are lower than it for the whole call too.
+    """
+
+    workers: list[SerialEvaluator]
+    memo: dict[Mask, Fitness] = field(default_factory=dict)
+    stats: EvaluatorStats = field(default_factory=EvaluatorStats)
+
+    def __post_init__(self) -> None:
+        if not self.workers:
+            raise EvopError("a pool evaluator needs at least one device")
+        self.num_blocks = self.workers[0].num_blocks
+        self.input_ids = self.workers[0].input_ids
+
+    @classmethod
+    def replicate(cls, model: torch.nn.Module, input_ids: torch.Tensor, devices: Sequence[str], **settings) -> PoolEvaluator:
+        """A worker per device, each with its own copy of ``model`` and of the calibration ids.
+
+        deepcopy is handed each parameter and buffer already moved to the target, so nothing is
+        duplicated on the model's own device first, tied weights stay tied, and workers that
+        share a device share the weights' memory (only the module objects are copied)."""
+        if len(set(getattr(model, "hf_device_map", {}).values())) > 1 or len({p.device for p in model.parameters()}) > 1:
+            raise EvopError("the model is spread over several devices; a device pool needs it whole on one "
+                            "device: drop --search-devices, or load it with --device")
+        workers = []
+        home = next(model.parameters()).device
+        for device in map(torch.device, devices):
+            if device.type == "cuda" and device.index is None:
+                device = torch.device("cuda", torch.cuda.current_device())
+            tensors = {id(p): torch.nn.Parameter(p.detach().to(device), requires_grad=p.requires_grad)
+                       for p in model.parameters()}
+            tensors.update({id(b): b.to(device) for b in model.buffers()})
+            copy = model if device == home and all(w.model is not model for w in workers) else deepcopy(model, tensors)
+            workers.append(SerialEvaluator(copy, input_ids.to(device), **settings))
+        return cls(workers)
+
+    def evaluate(self, masks: Sequence[Mask], survivors: int | None = None) -> list[Fitness]:
+        masks = checked(masks, self.num_blocks)
+        unique = list(dict.fromkeys(masks))
+        known = [m for m in unique if m in self.memo and self.memo[m].complete]
+        pending = sorted((m for m in unique if m not in known), key=lambda m: keep_bits(m, self.num_blocks), reverse=True)
+        self.stats.memo_hits += len(known)
+        self.stats.evaluations += sum(m not in self.memo for m in pending)
+        for mask in pending:
+            self.memo.setdefault(mask, Fitness(mask))
+        share = math.ceil(len(pending) / len(self.workers)) or 1
+        jobs = [(worker, pending[i * share : (i + 1) * share] + known) for i, worker in enumerate(self.workers)]
+        jobs = [(worker, part) for worker, part in jobs if len(part) > len(known)]
+        before = [worker.stats.as_dict() for worker, _ in jobs]
+        for worker, part in jobs:
+            worker.memo.update((m, self.memo[m]) for m in part)
+        with ThreadPoolExecutor(max_workers=len(self.workers)) as pool:
+            for done in [pool.submit(worker.evaluate, part, survivors) for worker, part in jobs]:
+                done.result()  # re-raises a worker's error here
+        for (worker, _), counts in zip(jobs, before):
+            self.stats.add_work(worker.stats, counts)
+        return [self.memo[m] for m in masks]
+
+    def layer_cosines(self, distance: int) -> list[float]:
+        worker = self.workers[0]
+        before = worker.stats.as_dict()
+        cosines = worker.layer_cosines(distance)
+        self.stats.add_work(worker.stats, before)
+        return cosines

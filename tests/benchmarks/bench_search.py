@@ -42,6 +42,9 @@ from evop_hub.models.runner import BlockRunner
 from evop_hub.search import Evaluator, EvaluatorStats, Fitness, SearchConfig, SerialEvaluator, run_search
 
 
+NARROW = {"hidden_size": 64, "intermediate_size": 172, "num_attention_heads": 4, "num_key_value_heads": 4}
+
+
 @dataclass
 class ReferenceEvaluator(Evaluator):
     """One full forward per candidate and sample, as the research scripts do."""
@@ -105,6 +108,16 @@ def count_block_calls(model):
     return counter, [*handles, SimpleNamespace(remove=lambda: setattr(BlockRunner, "prepare", prepare))]
 
 
+def prefix_bound(masks, num_blocks: int, samples: int) -> int:
+    """Block passes that computing every one of ``masks`` fully costs with unlimited prefix reuse: one per
+    distinct prefix of keep bits that ends in a kept block, per sample. Only early termination goes below it."""
+    nodes = set()
+    for mask in masks:
+        keep = tuple(i not in mask for i in range(num_blocks))
+        nodes.update(keep[: i + 1] for i in range(num_blocks) if keep[i])
+    return len(nodes) * samples
+
+
 def timed(fn, device: str) -> float:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -118,11 +131,12 @@ def timed(fn, device: str) -> float:
 def gpu_tier(args) -> None:
     """The default search on a random-weight 13B shape against the reference GA's extrapolated cost."""
     torch.manual_seed(0)
+    shape = {**LLAMA_2_13B, **(NARROW if args.narrow else {})}
     with torch.device(args.device):
         model = transformers.AutoModelForCausalLM.from_config(
-            transformers.LlamaConfig(**LLAMA_2_13B), dtype=torch.bfloat16).eval()
-    blocks = LLAMA_2_13B["num_hidden_layers"]
-    calibration = torch.randint(0, LLAMA_2_13B["vocab_size"], (args.samples, args.seq_len),
+            transformers.LlamaConfig(**shape), dtype=getattr(torch, args.dtype)).eval()
+    blocks = shape["num_hidden_layers"]
+    calibration = torch.randint(0, shape["vocab_size"], (args.samples, args.seq_len),
                                 generator=torch.Generator().manual_seed(0)).to(args.device)
     defaults = evop_hub.PruneConfig()
     k = math.ceil(0.2 * blocks)
@@ -160,6 +174,7 @@ def gpu_tier(args) -> None:
         "search": asdict(defaults.search), "k": k, "mask": list(result.mask), "loss": result.loss,
         "seconds": round(seconds, 1), "block_calls": counter["calls"], "block_passes": counter["passes"],
         "full_forward_equivalents": round(counter["passes"] / (blocks * args.samples), 1),
+        "block_pass_ratio": round(args.reference_forwards * blocks * args.samples / counter["passes"], 2),
         "evaluator": result.stats, "steps": len(result.trace),
         "reference_forwards": args.reference_forwards, "reference_s_extrapolated": round(reference_s, 1),
         "speedup_vs_reference": round(reference_s / seconds, 2),
@@ -175,12 +190,17 @@ def main():
     parser.add_argument("--cache-gib", type=float, default=40.0, help="GPU tier: prefix cache budget")
     parser.add_argument("--reference-forwards", type=int, default=50 * 100, help="GPU tier: the reference GA's forwards")
     parser.add_argument("--repeats", type=int, default=5, help="GPU tier: timings per median")
+    parser.add_argument("--dtype", default="bfloat16", help="GPU tier: the model's dtype")
+    parser.add_argument("--narrow", action="store_true",
+                        help="GPU tier on CPU: 40 blocks of width 64, to count the search's passes (timings mean nothing)")
     parser.add_argument("--blocks", type=int, default=30, help="use the first N blocks of SmolLM2-135M")
     parser.add_argument("--k", type=int, default=6)
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--population", type=int, default=16)
-    parser.add_argument("--generations", type=int, default=8)
+    defaults = SearchConfig()
+    parser.add_argument("--population", type=int, default=defaults.population)
+    parser.add_argument("--generations", type=int, default=defaults.generations)
+    parser.add_argument("--seed-sleb", action=argparse.BooleanOptionalAction, default=defaults.seed_sleb)
     parser.add_argument("--method", default="evop")
     parser.add_argument("--data", default="../shared/data/wikitext-2/valid.txt")
     args = parser.parse_args()
@@ -194,13 +214,14 @@ def main():
     starts = torch.randint(0, len(ids) - args.seq_len, (args.samples,), generator=torch.Generator().manual_seed(0))
     calibration = torch.stack([ids[s : s + args.seq_len] for s in starts])
     config = SearchConfig(method=args.method, population=args.population, generations=args.generations,
-                          seed_sleb=False)
-    rows = {}
-    for name, make in (("evop-hub", lambda: SerialEvaluator(loaded.model, calibration)),
-                       ("reference", lambda: ReferenceEvaluator(loaded.model, calibration))):
+                          seed_sleb=args.seed_sleb)
+    rows, ours_evaluator, cosine_calls = {}, SerialEvaluator(loaded.model, calibration), []
+    dense_cosines = ours_evaluator.layer_cosines  # one dense walk per call, outside the masks' prefix tree
+    ours_evaluator.layer_cosines = lambda distance: cosine_calls.append(distance) or dense_cosines(distance)
+    for name, evaluator in (("evop-hub", ours_evaluator), ("reference", ReferenceEvaluator(loaded.model, calibration))):
         counter, handles = count_block_calls(loaded.model)
         start = time.perf_counter()
-        result = run_search(make(), args.k, config, progress=False)
+        result = run_search(evaluator, args.k, config, progress=False)
         seconds = time.perf_counter() - start
         for h in handles:
             h.remove()
@@ -209,9 +230,13 @@ def main():
                       "seconds": round(seconds, 2), "masks_requested": result.stats["evaluations"]}
         print(name, json.dumps(rows[name]), flush=True)
     ours, ref = rows["evop-hub"], rows["reference"]
+    dense_walks = ours_evaluator.num_blocks * len(calibration) * len(cosine_calls)
+    bound = prefix_bound(list(ours_evaluator.memo), ours_evaluator.num_blocks, len(calibration)) + dense_walks
     summary = {
         "same_answer": ours["mask"] == ref["mask"],
         "block_pass_ratio": round(ref["block_passes"] / ours["block_passes"], 2),
+        "prefix_bound_passes": bound,
+        "block_pass_ratio_at_bound": round(ref["block_passes"] / bound, 2),
         "block_call_ratio": round(ref["block_calls"] / ours["block_calls"], 2),
         "wall_time_ratio": round(ref["seconds"] / ours["seconds"], 2),
         "args": vars(args),

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
 import evop_hub
 from evop_hub.models import BlockRunner, prepare_output
+from evop_hub.models.loading import convert_gguf, locate_offline_model
 
 from .test_surgery import bypassed_logits
 
@@ -43,3 +46,11 @@ def test_pruned_smollm2_reloads_with_plain_transformers(smollm2, tmp_path):
         torch.testing.assert_close(reloaded(ids).logits, expected, rtol=1e-4, atol=1e-4)
         text = reloaded.generate(ids, max_new_tokens=8, do_sample=False)
     assert text.shape[1] == ids.shape[1] + 8
+
+
+def test_conversion_cache_is_keyed_by_content_not_path(smollm2, tmp_path):
+    """Another install of the same GGUF (new path, new mtime) reuses the converted checkpoint."""
+    original = locate_offline_model("smollm2-135m")
+    copy = tmp_path / original.name
+    shutil.copyfile(original, copy)
+    assert convert_gguf(copy) == convert_gguf(original)
