@@ -139,7 +139,7 @@ def drop(
     target = prepare_output(output, overwrite=overwrite)
     loaded = _load(model, revision, dtype, device_map, max_memory, offload_folder, trust_remote_code)
     drop_blocks(loaded, dropped)
-    path = save(loaded, target, command=command_line())
+    path = save(loaded, target, command=command_line(), overwrite=True)
     typer.echo(f"saved {loaded.record.num_blocks - len(dropped)}-block model to {path}")
 
 
@@ -168,29 +168,47 @@ def ppl(
     offload_folder: OffloadOpt = None,
     trust_remote_code: TrustOpt = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    dense: Annotated[bool, typer.Option("--dense", help="For an evop-hub output: score its source model too, so the card shows dense against pruned.")] = False,
 ) -> None:
     """Perplexity on corpora: non-overlapping windows, token-weighted mean NLL; recorded in DIR's evop_pruning.json."""
     from .data import load_corpus
     from .evaluate.perplexity import PerplexityConfig, parse_seq_len, perplexity, record_perplexity
-    from .record import RECORD_NAME
+    from .record import RECORD_NAME, PruningRecord
 
     config = PerplexityConfig(parse_seq_len(seq_len), batch_size, max_windows)
     corpora = [load_corpus(spec.strip(), data_dir) for spec in corpus.split(",") if spec.strip()]  # fail before loading
     if not corpora:
         raise EvopError("--corpus names no corpus; give e.g. --corpus wikitext2:test")
-    loaded = _load(model, revision, dtype, device_map, max_memory, offload_folder, trust_remote_code)
-    results = [perplexity(loaded.model, loaded.tokenizer, c, config) for c in corpora]
-    if (Path(model) / RECORD_NAME).is_file():
-        record_perplexity(model, results)
+    recorded = (Path(model) / RECORD_NAME).is_file()
+    if dense and not recorded:
+        raise EvopError(f"--dense scores the source named in an evop-hub output's record; {model} has none")
+
+    def score(name: str, revision: Optional[str]) -> list:
+        loaded = _load(name, revision, dtype, device_map, max_memory, offload_folder, trust_remote_code)
+        return [perplexity(loaded.model, loaded.tokenizer, c, config) for c in corpora]
+
+    results = score(model, revision)
+    source = PruningRecord.load(model) if dense else None
+    dense_results = score(source.source_model, source.source_revision) if source else None
+    if recorded and max_windows is None:  # a quick look on part of a corpus is never published as the model's number
+        record_perplexity(model, results, dense_results)
     if as_json:
-        typer.echo(json.dumps({"model": model, "results": [r.to_dict() for r in results]}, indent=2))
+        payload = {"model": model, "results": [r.to_dict() for r in results]}
+        if source:
+            payload |= {"dense_model": source.source_model, "dense_results": [r.to_dict() for r in dense_results]}
+        typer.echo(json.dumps(payload, indent=2))
     else:
         rows = [{**r.to_dict(), "nll": f"{r.nll:.4f}", "ppl": f"{r.ppl:.3f}"} for r in results]
+        if dense_results:
+            rows = [{**row, "dense_ppl": f"{d.ppl:.3f}"} for row, d in zip(rows, dense_results)]
         widths = {key: max(len(key), *(len(str(row[key])) for row in rows)) for key in rows[0]}
         typer.echo("  ".join(f"{key:<{w}}" for key, w in widths.items()).rstrip())
         for row in rows:
             typer.echo("  ".join(f"{row[key]!s:<{w}}" for key, w in widths.items()).rstrip())
-    _recorded_note(model, "perplexity")
+    if max_windows is None:
+        _recorded_note(model, "perplexity")
+    elif recorded:
+        typer.echo("not recorded: --max-windows scores part of each corpus", err=True)
 
 
 def _recorded_note(directory: str, key: str) -> None:

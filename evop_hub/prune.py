@@ -33,8 +33,7 @@ class PruneConfig:
     # In the method's own unit; None is the method's default: 20 % of blocks for the block searches
     # (k = ceil(sparsity x blocks) as EvoP computes it), 50 % of weights for wanda, 25 % of channels for slicegpt.
     sparsity: float | None = None
-    # (the baselines read it in their own unit: weights for wanda, hidden channels for slicegpt; None: their default)
-    num_drop: int | None = None
+    num_drop: int | None = None  # blocks, for the block searches only (the width baselines take ``sparsity``)
     search: SearchConfig = field(default_factory=SearchConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     corpus: str | None = None  # None: DEFAULT_CORPORA, first that loads
@@ -150,6 +149,6 @@ def prune(model: str | LoadedModel, config: PruneConfig | None = None) -> PruneR
     if config.command:
         record.command = config.command
     if output:
-        save(loaded, output)
+        save(loaded, output, overwrite=True)  # vetted by prepare_output above
     return PruneResult(loaded, list(result.mask), record, result, output)
 

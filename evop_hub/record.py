@@ -106,7 +106,13 @@ class PruningRecord:
                 f"{directory} is not an evop-hub output (no {RECORD_NAME}); "
                 "point at a directory written by `evop-hub prune` or `evop-hub drop`."
             )
+        problem = None
         try:
-            return cls.from_dict(json.loads(path.read_text()))
-        except (json.JSONDecodeError, TypeError) as exc:
-            raise EvopError(f"{path} is not a valid evop-hub record ({exc}); re-run the pruning.") from exc
+            record = cls.from_dict(json.loads(path.read_text()))
+            if not isinstance(record.num_blocks, int) or not all(isinstance(i, int) for i in record.dropped_blocks):
+                problem = "num_blocks and dropped_blocks must be integers"
+        except (ValueError, TypeError, AttributeError) as exc:  # bad UTF-8 or JSON, missing fields, not an object
+            problem = exc
+        if problem is not None:
+            raise EvopError(f"{path} is not a valid evop-hub record ({problem}); re-run the pruning.")
+        return record

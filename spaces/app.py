@@ -29,9 +29,11 @@ def read_record(model: str, revision: str | None = None, token: str | None = Non
     return json.loads(Path(path).read_text())
 
 
-def load(name: str, revision: str | None = None, token: str | None = None):
+def load(name: str, revision: str | None = None, token: str | None = None, trust_remote_code: bool = False):
     tokenizer = AutoTokenizer.from_pretrained(name, revision=revision, token=token)
-    model = AutoModelForCausalLM.from_pretrained(name, revision=revision, token=token, dtype="auto")
+    model = AutoModelForCausalLM.from_pretrained(
+        name, revision=revision, token=token, dtype="auto", trust_remote_code=trust_remote_code
+    )
     return model.eval(), tokenizer
 
 
@@ -63,7 +65,15 @@ def generate(model, tokenizer, prompt: str, max_new_tokens: int, sample: bool, t
     return tokenizer.decode(new, skip_special_tokens=True), len(new) / seconds
 
 
+def _number(value, digits: int = 2) -> str:
+    return f"{value:,.{digits}f}" if isinstance(value, (int, float)) else "–"
+
+
 def mask_markdown(record: dict) -> str:
+    if record.get("sparsity_unit", "blocks") != "blocks":  # a width baseline: every block is kept
+        sparsity = record.get("sparsity")
+        removed = f"{sparsity:.0%} of its {record['sparsity_unit']} removed" if sparsity is not None else "pruned"
+        return f"**Every block kept, {removed}** ({record.get('method', '')})."
     n, dropped = record["num_blocks"], set(record["dropped_blocks"])
     pattern = "".join("0" if i in dropped else "1" for i in range(n))
     before, after = record.get("parameters_before"), record.get("parameters_after")
@@ -80,9 +90,11 @@ def scores_markdown(record: dict) -> str:
     lines = []
     for corpus, entry in (scores.get("perplexity") or {}).items():
         entry = entry if isinstance(entry, dict) else {"pruned": entry}
-        lines.append(f"| {corpus} | {entry.get('dense', '–')} | {entry.get('pruned', '–')} |")
+        lines.append(f"| {corpus} | {_number(entry.get('dense'))} | {_number(entry.get('pruned'))} |")
     table = "| perplexity | base | pruned |\n|---|---|---|\n" + "\n".join(lines) if lines else ""
     loss = scores.get("calibration_loss")
+    if isinstance(loss, dict):
+        loss = f"{_number(loss.get('pruned'), 4)} (base: {_number(loss.get('dense'), 4)})"
     return "\n\n".join(x for x in [f"Calibration loss: {loss}" if loss is not None else "", table] if x)
 
 
@@ -95,7 +107,8 @@ def build_demo(
 ) -> gr.Blocks:
     """Load both models once, then serve one prompt box and two outputs."""
     record = read_record(model, revision, token)
-    pruned_model, pruned_tok = load(model, revision, token)
+    # SliceGPT checkpoints carry their own modeling code (evop-hub's, pushed with the weights).
+    pruned_model, pruned_tok = load(model, revision, token, trust_remote_code=record.get("method") == "slicegpt")
     base_model, base_tok = load(base, base_revision, token) if base else (None, None)
     kept = record["num_blocks"] - len(record["dropped_blocks"])
 

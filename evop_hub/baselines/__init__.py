@@ -73,6 +73,8 @@ def prune_baseline(model: str | LoadedModel, config: PruneConfig) -> PruneResult
     method = config.search.method
     if config.resume:
         raise EvopError(f"--resume continues a block search; {method} runs in one go, re-run without --resume")
+    if config.num_drop is not None:
+        raise EvopError(f"--num-drop counts blocks; {method} removes weights, set how many with --sparsity")
     baseline = BASELINES[method]
     settings = baseline.settings(config.sparsity, config.pattern, config.batch_size, config.progress)
     output = prepare_output(config.output, overwrite=config.overwrite) if config.output else None
@@ -93,5 +95,5 @@ def prune_baseline(model: str | LoadedModel, config: PruneConfig) -> PruneResult
     if config.command:
         record.command = config.command
     if output:
-        save(loaded, output)
+        save(loaded, output, overwrite=True)  # vetted by prepare_output above
     return PruneResult(loaded, [], record, None, output)

@@ -20,7 +20,7 @@ from ..errors import EvopError
 from ..files import atomic_path
 
 FORMAT = "evop-hub-calibration"
-VERSION = 1
+VERSION = 2  # 2: samples are BOS-led where the tokenizer uses BOS
 METADATA_KEY = "evop_calibration"  # the only metadata key: safetensors does not fix the order of several
 
 

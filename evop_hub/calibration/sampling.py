@@ -16,6 +16,7 @@ import torch
 
 from ..data import Corpus, load_corpus
 from ..errors import EvopError
+from ..models.loading import leading_bos
 from .calibration_set import FORMAT, VERSION, CalibrationSet, tokenizer_fingerprint
 from .ccds import DEFAULT_EMBEDDER, cluster, describe_clusters, embed_chunks, project_2d, split_chunks, topic_nmi
 
@@ -90,6 +91,7 @@ def calibrate(corpus: Corpus | str, tokenizer: Any, config: CalibrationConfig | 
         "corpus": corpus.name,
         "split": corpus.split,
         "form": corpus.form,
+        "bos": leading_bos(tokenizer) is not None,  # every sample starts with BOS, as evaluation windows do
         "license": corpus.license,
         "source": corpus.source,
         "sampler": config.sampler,
@@ -120,9 +122,17 @@ def random_windows(corpus: Corpus, tokenizer: Any, config: CalibrationConfig) ->
     """SLEB's calibration data: windows of ``seq_len`` tokens at random offsets of the tokenized corpus."""
     ids = tokenizer(corpus.text, add_special_tokens=False, verbose=False)["input_ids"]
     _require_tokens(len(ids), corpus, config)
-    starts = np.random.default_rng(config.seed).integers(0, len(ids) - config.seq_len + 1, size=config.num_samples)
-    rows = torch.tensor([ids[s : s + config.seq_len] for s in starts], dtype=torch.int64)
+    lead = _lead(tokenizer)
+    span = config.seq_len - len(lead)
+    starts = np.random.default_rng(config.seed).integers(0, len(ids) - span + 1, size=config.num_samples)
+    rows = torch.tensor([lead + ids[s : s + span] for s in starts], dtype=torch.int64)
     return Drawn(rows, [{"start": int(s)} for s in starts])
+
+
+def _lead(tokenizer: Any) -> list[int]:
+    """[BOS] when the tokenizer leads texts with it: samples then start as the evaluation's windows do."""
+    bos = leading_bos(tokenizer)
+    return [] if bos is None else [bos]
 
 
 @register_sampler("ccds")
@@ -149,6 +159,7 @@ def ccds(corpus: Corpus, tokenizer: Any, config: CalibrationConfig) -> Drawn:
     labels, centroids = cluster(embeddings, k, config.seed)
 
     rng = np.random.default_rng(config.seed)
+    lead = _lead(tokenizer)
     rows, samples = [], []
     # n samples from every cluster, or (Fig. 1c) all k x n samples from one
     quotas = [(j, n) for j in range(k)] if config.cluster is None else [(config.cluster, k * n)]
@@ -156,7 +167,7 @@ def ccds(corpus: Corpus, tokenizer: Any, config: CalibrationConfig) -> Drawn:
         members = np.flatnonzero(labels == j)
         pool = iter(rng.permutation(members).tolist())
         for _ in range(quota):
-            ids: list[int] = []
+            ids: list[int] = list(lead)
             held: list[int] = []
             while len(ids) < seq_len:
                 index = next(pool, None)

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from ..data import Corpus
 from ..errors import EvopError
-from ..models import BlockRunner, text_config
+from ..models import BlockRunner, leading_bos, text_config
 from ..record import PruningRecord
 
 log = logging.getLogger(__name__)
@@ -85,8 +85,8 @@ def window_length(model: torch.nn.Module, seq_len: int | str) -> int:
 def make_windows(tokenizer, corpus: Corpus, seq_len: int, max_windows: int | None = None) -> torch.Tensor:
     """The (windows, seq_len) token matrix of the protocol, BOS-led when the tokenizer uses BOS."""
     ids = tokenizer(corpus.text, add_special_tokens=False, verbose=False)["input_ids"]
-    bos = tokenizer.bos_token_id
-    uses_bos = bos is not None and tokenizer("a")["input_ids"][:1] == [bos]
+    bos = leading_bos(tokenizer)
+    uses_bos = bos is not None
     step = seq_len - 1 if uses_bos else seq_len
     count = len(ids) // step
     if count == 0:
@@ -128,18 +128,21 @@ def perplexity(
     return PerplexityResult(corpus.name, corpus.split, corpus.form, seq_len, len(windows), tokens, nll, math.exp(nll))
 
 
-def record_perplexity(directory: str | Path, results: list[PerplexityResult]) -> None:
-    """Put results under ``scores["perplexity"]["CORPUS:SPLIT"]`` of an output directory's record, as ``pruned``.
+def record_perplexity(
+    directory: str | Path, results: list[PerplexityResult], dense: list[PerplexityResult] | None = None
+) -> None:
+    """Put results under ``scores["perplexity"]["CORPUS:SPLIT"]`` of an output directory's record, as ``pruned``,
+    and the source model's on the same windows as ``dense`` when given.
 
     A ``dense`` figure already there is kept only if it was measured with the same window
     length and text form; otherwise the two numbers would not be comparable.
     """
     record = PruningRecord.load(directory)
     table = record.scores.setdefault("perplexity", {})
-    for result in results:
+    for i, result in enumerate(results):
         key = f"{result.corpus}:{result.split}"
         old = table.get(key) if isinstance(table.get(key), dict) else {}
         same = (old.get("seq_len"), old.get("form")) == (result.seq_len, result.form)
-        dense = {"dense": old["dense"]} if same and "dense" in old else {}
-        table[key] = {**dense, "pruned": result.ppl, **result.to_dict()}
+        kept = {"dense": dense[i].ppl} if dense else {"dense": old["dense"]} if same and "dense" in old else {}
+        table[key] = {**kept, "pruned": result.ppl, **result.to_dict()}
     record.save(directory)

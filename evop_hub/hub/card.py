@@ -8,13 +8,12 @@ time (after new evaluations), so nothing in it is ever edited by hand or stored 
 from __future__ import annotations
 
 import logging
-import os
 import re
 import shutil
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub import EvalResult, ModelCard, ModelCardData, is_offline_mode
 
 from ..errors import EvopError
 from ..files import atomic_path
@@ -25,8 +24,8 @@ log = logging.getLogger(__name__)
 # Files of the base repository that travel with derived weights (Llama 2 ships both).
 LICENSE_PATTERNS = ("LICENSE", "LICENSE.*", "LICENCE", "LICENCE.*", "USE_POLICY", "USE_POLICY.*")
 
-# Corpora of evop_hub.data that live on the Hub, as the Hub names them (dataset id, config);
-# the others (wiki-leads, pydoc, local files) appear in the card but not in `datasets:`.
+# Corpora of evop_hub.data that live on the Hub, as the Hub names them (dataset id, config); only these
+# can be a card's `datasets:` (the others, wiki-leads, pydoc, shakespeare and local files, appear in its text).
 HUB_DATASETS: dict[str, tuple[str, str | None]] = {
     "wikitext2": ("Salesforce/wikitext", "wikitext-2-raw-v1"),
     "c4": ("allenai/c4", "en"),
@@ -158,9 +157,12 @@ def corpus_dataset(corpus_key: str) -> tuple[str, str | None, str | None]:
 
 
 def default_repo_name(record: PruningRecord) -> str:
-    """``{model}-evop-{kept}L``: says what it came from and how many blocks it has."""
+    """``{model}-evop-{kept}L`` for evop's search, ``{model}-evop-{method}-{kept}L`` for the other block methods and
+    ``{model}-evop-{method}-{percent}pct`` for the width baselines: models pruned differently never share a name."""
     base = (record.source_hub_id or Path(record.source_model).name or "model").split("/")[-1]
-    name = f"{base}-evop-{len(record.kept_blocks)}L"
+    method = "" if record.method == "evop" else f"{record.method}-"
+    size = f"{len(record.kept_blocks)}L" if record.sparsity_unit == "blocks" else f"{round(100 * (record.sparsity or 0))}pct"
+    name = f"{base}-evop-{method}{size}"
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.")[:96]
 
 
@@ -223,21 +225,19 @@ def eval_results(record: PruningRecord) -> list[EvalResult]:
 
 def card_data(record: PruningRecord, model_name: str) -> ModelCardData:
     """Only keys the Hub understands; no base_model_relation (the Hub has no value for pruning)."""
-    datasets = []
-    corpora = list(record.scores.get("perplexity") or {})
-    if record.calibration and record.calibration.get("corpus"):
-        corpora.insert(0, str(record.calibration["corpus"]))
-    for corpus in corpora:
-        dataset = corpus_dataset(corpus)[0]
-        if "/" in dataset and dataset not in datasets:
-            datasets.append(dataset)
+    # The Hub reads `datasets` as the data the weights were fitted on: here, the calibration corpus, when it is
+    # a Hub dataset (evaluation corpora are in the model-index; a local path must never be published).
+    calibration = (record.calibration or {}).get("corpus")
+    dataset = corpus_dataset(str(calibration))[0] if calibration else None
+    datasets = [dataset] if dataset in {hub_id for hub_id, _ in HUB_DATASETS.values()} else []
     arch = record.architecture.removesuffix("ForCausalLM").lower()
     return ModelCardData(
         base_model=record.source_hub_id,
         library_name="transformers",
         pipeline_tag="text-generation",
         license=record.license,
-        tags=["pruned", "layer-pruning", "evop", f"evop-{record.method}", arch],
+        tags=["pruned", "layer-pruning" if record.sparsity_unit == "blocks" else "width-pruning", "evop",
+              f"evop-{record.method}", arch],
         datasets=datasets or None,
         model_name=model_name,
         eval_results=eval_results(record) or None,
@@ -430,7 +430,7 @@ def base_license_files(record: PruningRecord) -> dict[str, Path] | None:
     local = Path(record.source_model).expanduser()
     if local.is_dir():
         return {p.name: p for p in sorted(local.iterdir()) if p.is_file() and _is_license_file(p.name)}
-    if not record.source_hub_id or os.environ.get("HF_HUB_OFFLINE"):
+    if not record.source_hub_id or is_offline_mode():
         return None
     from huggingface_hub import HfApi, hf_hub_download
 

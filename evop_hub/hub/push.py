@@ -14,6 +14,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from huggingface_hub import is_offline_mode
+
 from ..errors import EvopError
 from ..record import RECORD_NAME, STATE_DIR
 from .card import base_license_files, check_output_dir, default_repo_name, present_license_files, render
@@ -150,7 +152,7 @@ def check_push(config: PushConfig) -> None:
 
 def _gated(api, base: str | None, token: str | None) -> bool:
     """Best effort: whether the base repo is gated (then its license usually limits redistribution)."""
-    if not base or os.environ.get("HF_HUB_OFFLINE"):
+    if not base or is_offline_mode():
         return False
     try:
         return bool(api.model_info(base, token=token).gated)

@@ -117,30 +117,25 @@ def _explicit_sparse_layers(config: Any, n: int) -> None:
     config.decoder_sparse_step = 1
 
 
-def cut_config(config: Any, keep: Sequence[int]) -> list[str]:
-    """Make every per-layer field of the config describe only the kept layers; returns the fields changed."""
+def cut_config(config: Any, keep: Sequence[int]) -> None:
+    """Make every per-layer field of the config describe only the kept layers."""
     config = text_config(config)
     n = num_layers(config)
-    changed = []
     if getattr(config, "decoder_sparse_step", 1) not in (None, 1):
         _explicit_sparse_layers(config, n)
-        changed.append("decoder_sparse_step")
     for name in THRESHOLD_FIELDS:
         value = getattr(config, name, None)
         if isinstance(value, int) and not isinstance(value, bool):
             setattr(config, name, _threshold(value, keep))
-            changed.append(name)
     for name in INDEX_LIST_FIELDS:
         value = getattr(config, name, None)
         if isinstance(value, (list, tuple)) and value:
             setattr(config, name, _index_list(value, keep))
-            changed.append(name)
-    # Any other list with one entry per layer (layer_types, no_rope_layers, ...) is cut to the kept layers.
+    # Any other list with one entry per layer (layer_types, no_rope_layers, ...) is cut to the kept layers;
+    # token ids (eos_token_id = [...]) and the architectures list are never per layer, whatever their length.
     for name, value in list(vars(config).items()):
-        if name in INDEX_LIST_FIELDS or name.startswith("_"):
+        if name in INDEX_LIST_FIELDS or name.startswith("_") or "token" in name or name == "architectures":
             continue
         if isinstance(value, (list, tuple)) and len(value) == n:
             setattr(config, name, type(value)(value[i] for i in keep))
-            changed.append(name)
     config.num_hidden_layers = len(keep)
-    return changed

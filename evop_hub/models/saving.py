@@ -2,8 +2,9 @@
 
 The output directory holds a standard checkpoint (safetensors, config, tokenizer,
 generation config), ``evop_pruning.json`` and the model card. Run state (search
-checkpoints, traces) lives in ``DIR/.evop/`` and survives the final save, but is never
-published. Nothing is written into the final path until everything is complete.
+checkpoints, traces) is written into ``DIR/.evop/`` during the run, survives the final save,
+and is never published. The published files are written beside the output and moved into
+place by renames once all of them are complete.
 """
 
 from __future__ import annotations
@@ -25,12 +26,15 @@ def prepare_output(path: str | Path, *, overwrite: bool = False, resume: bool = 
     An existing directory is refused unless ``overwrite`` (start over) or ``resume``
     (continue the run whose state is in ``DIR/.evop``).
     """
-    path = Path(path).expanduser()
+    path = Path(path).expanduser().resolve()
     if path.exists() and not path.is_dir():
         raise EvopError(f"output {path} exists and is not a directory; choose another --output")
     if path.is_dir() and any(path.iterdir()):
-        if resume:
+        if resume and (path / STATE_DIR).is_dir():
             return path
+        if resume and not overwrite:
+            raise EvopError(f"output directory {path} holds no run to resume (no {STATE_DIR}/); "
+                            "pass --overwrite to replace it, or choose another --output")
         if not overwrite:
             raise EvopError(f"output directory {path} already exists; pass --overwrite to replace it (or --resume)")
         shutil.rmtree(path / STATE_DIR, ignore_errors=True)
@@ -51,13 +55,16 @@ def state_dir(output: str | Path) -> Path:
     return path
 
 
-def save(loaded: LoadedModel, output: str | Path, *, command: str | None = None) -> Path:
-    """Save model, tokenizer, record and card into ``output``, replacing it atomically.
+def save(loaded: LoadedModel, output: str | Path, *, command: str | None = None, overwrite: bool = False) -> Path:
+    """Save model, tokenizer, record and card into ``output``.
 
-    The previous content of ``output`` (already vetted by ``prepare_output``) is removed,
-    except its ``.evop`` run state.
+    An existing non-empty ``output`` is refused unless ``overwrite``; then its content is
+    replaced, except its ``.evop`` run state (``prune`` and the CLI vet the path with
+    ``prepare_output`` before their long work, and pass ``overwrite=True`` here).
     """
-    output = Path(output).expanduser()
+    output = Path(output).expanduser().resolve()
+    if not overwrite:
+        prepare_output(output)
     if command:
         loaded.record.command = command
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -68,12 +75,7 @@ def save(loaded: LoadedModel, output: str | Path, *, command: str | None = None)
         loaded.record.save(tmp)
         write_card(tmp)
         if output.exists():
-            if (output / STATE_DIR).exists():
-                os.replace(output / STATE_DIR, tmp / STATE_DIR)
-            old = output.with_name(f".{output.name}.old-{os.getpid()}")
-            os.replace(output, old)
-            os.replace(tmp, output)
-            shutil.rmtree(old, ignore_errors=True)
+            _swap_in(tmp, output)
         else:
             os.replace(tmp, output)
     except OSError as exc:
@@ -81,3 +83,20 @@ def save(loaded: LoadedModel, output: str | Path, *, command: str | None = None)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return output
+
+
+def _swap_in(new: Path, output: Path) -> None:
+    """Replace directory ``output`` by ``new``, carrying ``output``'s run state over; on any failure
+    the previous directory, run state included, is put back."""
+    old = output.with_name(f".{output.name}.old-{os.getpid()}")
+    os.replace(output, old)
+    try:
+        if (old / STATE_DIR).exists():
+            os.replace(old / STATE_DIR, new / STATE_DIR)
+        os.replace(new, output)
+    except BaseException:
+        if (new / STATE_DIR).exists() and not (old / STATE_DIR).exists():
+            os.replace(new / STATE_DIR, old / STATE_DIR)
+        os.replace(old, output)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

@@ -58,6 +58,12 @@ def test_slicegpt_output_loads_with_remote_code_and_evaluates(setup):
     assert (record.method, record.sparsity, record.sparsity_unit) == ("slicegpt", 0.25, "hidden channels (residual stream)")
     assert "trust_remote_code=True" in record.search["format"]
     assert load(str(directory), LoadConfig(trust_remote_code=True)).model.config.sliced_hidden_size == 24
+    # The Space app (uploaded as-is by push) loads it with its modeling code and says what was removed.
+    from evop_hub.hub.space import _load_app
+
+    space = _load_app()
+    assert space.build_demo(str(directory)) is not None
+    assert space.mask_markdown(record.to_dict()).startswith("**Every block kept, 25% of its hidden channels")
 
     ppl = CliRunner().invoke(app, ["ppl", str(directory), "--corpus", str(setup / "corpus.txt"), "--seq-len", "16",
                                    "--max-windows", "2", "--trust-remote-code", "--json"])
@@ -69,3 +75,9 @@ def test_pattern_is_refused_where_it_means_nothing(setup):
     out = prune(setup, "refused", "--method", "slicegpt", "--pattern", "2:4")
     assert out.exit_code != 0
     assert "--pattern is Wanda's" in str(out.exception)
+
+
+def test_num_drop_is_refused_for_width_baselines(setup):
+    out = prune(setup, "refused", "--method", "wanda", "--num-drop", "2")
+    assert out.exit_code != 0
+    assert "--num-drop counts blocks" in str(out.exception)

@@ -207,3 +207,23 @@ def test_unloadable_embedder_says_which_and_how_to_give_a_local_path(corpus, tok
         config = CalibrationConfig(clusters=2, seq_len=10, embedder=spec, cache_dir=str(tmp_path / "cache"))
         with pytest.raises(EvopError, match=f"cannot load sentence embedder '{re.escape(spec)}' .*pass --embedder with a local"):
             calibrate(corpus, tokenizer, config)
+
+
+@pytest.mark.parametrize("sampler", ["random", "ccds"])
+def test_samples_start_with_bos_where_the_tokenizer_leads_with_it(sampler, corpus):
+    # As the evaluation windows do (evaluate.perplexity.make_windows): Llama- and Gemma-style tokenizers.
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    plain = word_tokenizer([d.text for d in corpus.documents], extra="<s>")
+    core = plain.backend_tokenizer
+    bos = core.token_to_id("<s>")
+    core.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bos)])
+    led = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", bos_token="<s>")
+    assert led("a")["input_ids"][0] == bos
+    config = CalibrationConfig(sampler=sampler, clusters=2, samples_per_cluster=2, seq_len=40, seed=3)
+    rows = calibrate(corpus, led, config).input_ids
+    plain_rows = calibrate(corpus, plain, config).input_ids
+    assert tuple(rows.shape) == (4, 40) and (rows[:, 0] == bos).all() and not (plain_rows == bos).any()
+    assert (rows[:, 1:] != bos).all()
+    assert calibrate(corpus, led, config).metadata["bos"] is True

@@ -187,6 +187,10 @@ def test_cli_records_results_in_an_output_directory(model_dir, tmp_path):
         assert scores[key].get("dense") == dense
         assert scores[key]["seq_len"] == seq_len
         assert f"{scores[key]['pruned']:.3f}" == result.stdout.splitlines()[1].split()[-1]
+    quick = CliRunner().invoke(app, ["ppl", str(out), "--corpus", str(corpus_file), "--seq-len", str(SEQ // 2),
+                                     "--max-windows", "1"])
+    assert quick.exit_code == 0 and "not recorded" in quick.output
+    assert PruningRecord.load(out).scores["perplexity"] == scores  # a quick look never replaces the full number
 
 
 @pytest.mark.parametrize(
@@ -216,3 +220,25 @@ def test_smollm2_wikitext_matches_the_plain_loop(wikitext_dir):
     # Chunk sums are added in float64 rather than in one float32 sum: equal to float32 rounding.
     assert result.nll == pytest.approx(reference_nll(loaded.model, torch.tensor(ids[:1536])[None], 1), rel=1e-6)
     assert 5 < result.ppl < 60
+
+
+def test_cli_dense_scores_the_source_on_the_same_windows(model_dir, tmp_path):
+    import evop_hub
+    from evop_hub.hub.card import render
+    from evop_hub.models import load
+    from evop_hub.record import PruningRecord
+
+    loaded = evop_hub.load(str(model_dir))
+    evop_hub.drop(loaded, [1])
+    out = evop_hub.save(loaded, tmp_path / "pruned", command="evop-hub drop")
+    corpus_file = tmp_path / "a.txt"
+    corpus_file.write_text(words_corpus(600).text, encoding="utf-8")
+    result = CliRunner().invoke(app, ["ppl", str(out), "--corpus", str(corpus_file), "--seq-len", str(SEQ), "--dense"])
+    assert result.exit_code == 0, result.output
+    entry = PruningRecord.load(out).scores["perplexity"][f"{corpus_file}:all"]
+    source = load(str(model_dir))
+    expected = perplexity(source.model, source.tokenizer, load_corpus(str(corpus_file)), PerplexityConfig(seq_len=SEQ))
+    assert entry["dense"] == expected.ppl and entry["pruned"] != entry["dense"]
+    assert f"{entry['pruned'] / entry['dense'] - 1:+.1%}" in str(render(PruningRecord.load(out)))
+    refused = CliRunner().invoke(app, ["ppl", str(model_dir), "--corpus", str(corpus_file), "--dense"])
+    assert isinstance(refused.exception, EvopError) and "--dense" in str(refused.exception)

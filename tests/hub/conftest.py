@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import huggingface_hub
 import pytest
 
 from ..tiny import WORDS, tiny_tokenizer  # noqa: F401  (re-exported for the hub tests)
@@ -97,9 +98,9 @@ def make_output(tmp_path, monkeypatch):
             loaded.record.scores = {"perplexity": PERPLEXITY, "tasks": TASKS, "speed": speed_result()}
             loaded.record.calibration = CALIBRATION
             loaded.record.search = SEARCH
-        monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the card written by save must not reach out
-        out = save(loaded, tmp_path / name, command=f"evop-hub prune {source_name} --output {name}")
-        monkeypatch.delenv("HF_HUB_OFFLINE")
+        with monkeypatch.context() as offline:  # the card written by save must not reach out
+            offline.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+            out = save(loaded, tmp_path / name, command=f"evop-hub prune {source_name} --output {name}")
         state = out / ".evop"
         state.mkdir()
         (state / "search_state.json").write_text('{"private": "run state, never published"}')

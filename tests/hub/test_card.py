@@ -39,7 +39,7 @@ def test_card_metadata_round_trips(make_output):
     assert {"pruned", "layer-pruning", "evop"} <= set(data["tags"])
     assert data["license"] == "llama2"
     assert "base_model_relation" not in data
-    assert set(data["datasets"]) == {"Salesforce/wikitext", "allenai/c4"}
+    assert data["datasets"] == ["Salesforce/wikitext"]  # the calibration corpus; evaluation corpora are in model-index
     results = {(r.dataset_name, r.metric_type): r for r in card.data.eval_results}
     for corpus, entry in PERPLEXITY.items():
         result = results[(corpus, "perplexity")]
@@ -160,3 +160,18 @@ def test_evop_evidence_quotes_the_committed_quality_benchmark():
     for row in result["models"][0]["summary"]:
         mean = row["heldout_mean"]
         assert f"{mean['evop_ccds']:.3f} vs {mean['sleb_random']:.3f} with {row['k']} of 30" in EVOP_EVIDENCE
+
+
+def test_default_repo_names_differ_by_method():
+    from evop_hub.hub.card import default_repo_name
+    from evop_hub.record import PruningRecord
+
+    def name(method, unit="blocks", sparsity=None, dropped=(1, 2)):
+        return default_repo_name(PruningRecord(source_model="org/Base-1B", source_hub_id="org/Base-1B", architecture="A",
+                                               num_blocks=8, dropped_blocks=list(dropped), method=method,
+                                               sparsity_unit=unit, sparsity=sparsity))
+
+    assert name("evop") == "Base-1B-evop-6L"
+    assert name("sleb") == "Base-1B-evop-sleb-6L"
+    assert name("wanda", "weights", 0.5, ()) == "Base-1B-evop-wanda-50pct"
+    assert name("slicegpt", "hidden channels", 0.25, ()) == "Base-1B-evop-slicegpt-25pct"

@@ -64,7 +64,7 @@ def hub_client(hub, monkeypatch, tmp_path):
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
     monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
     monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)  # as the Space's secret would be
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     return hub
 
 

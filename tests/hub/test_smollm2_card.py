@@ -3,6 +3,7 @@ saved by evop_hub.models.save, its card, and the dry-run listing against the loo
 
 from __future__ import annotations
 
+import huggingface_hub
 import pytest
 from huggingface_hub import ModelCard
 
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_smollm2_card_and_dry_run(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     loaded = evop_hub.load("smollm2-135m")
     evop_hub.drop(loaded, [3, 4, 25])
     out = evop_hub.save(loaded, prepare_output(tmp_path / "smol"), command="evop-hub drop smollm2-135m --layers 3,4,25")
@@ -33,6 +34,6 @@ def test_smollm2_card_and_dry_run(tmp_path, monkeypatch):
         result = run_cli(["push", str(out), "--dry-run"], tmp_path, hub.url)
     assert result.returncode == 0, result.stderr
     lines = [line.strip() for line in result.stdout.splitlines()]
-    assert lines[0] == f"dry run: would upload to model repo {USER}/SmolLM2-135M-Instruct-evop-27L:"
+    assert lines[0] == f"dry run: would upload to model repo {USER}/SmolLM2-135M-Instruct-evop-manual-27L:"
     assert {"model.safetensors", "config.json", "evop_pruning.json", "README.md"} <= set(lines)
     assert not any(".evop" in line for line in lines)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
+import huggingface_hub
 import pytest
 import torch
 
@@ -83,11 +86,16 @@ def test_output_directory_is_protected(llama_dir, tmp_path):
     (out / "mine.txt").write_text("user data")
     with pytest.raises(EvopError, match="--overwrite"):
         prepare_output(out)
-    assert prepare_output(out, resume=True) == out
+    with pytest.raises(EvopError, match="holds no run to resume"):  # a typo in --output must not wipe a folder
+        prepare_output(out, resume=True)
+    loaded = evop_hub.load(str(llama_dir))
+    with pytest.raises(EvopError, match="--overwrite"):  # the Python API guards it too
+        evop_hub.save(loaded, out)
+    assert (out / "mine.txt").read_text() == "user data"
     (out / STATE_DIR).mkdir()
     (out / STATE_DIR / "state.json").write_text("{}")
-    loaded = evop_hub.load(str(llama_dir))
-    evop_hub.save(loaded, prepare_output(out, overwrite=True))
+    assert prepare_output(out, resume=True) == out
+    evop_hub.save(loaded, prepare_output(out, overwrite=True), overwrite=True)
     assert not (out / "mine.txt").exists() and (out / "config.json").is_file()
 
 
@@ -95,8 +103,35 @@ def test_run_state_survives_the_final_save(llama_dir, tmp_path):
     out = prepare_output(tmp_path / "out")
     (out / STATE_DIR).mkdir(parents=True)
     (out / STATE_DIR / "trace.jsonl").write_text("{}\n")
-    evop_hub.save(evop_hub.load(str(llama_dir)), out)
+    evop_hub.save(evop_hub.load(str(llama_dir)), out, overwrite=True)
     assert (out / STATE_DIR / "trace.jsonl").read_text() == "{}\n"
+
+
+def test_a_failed_final_save_puts_the_previous_output_back(llama_dir, tmp_path, monkeypatch):
+    out = prepare_output(tmp_path / "out")
+    (out / STATE_DIR).mkdir(parents=True)
+    (out / STATE_DIR / "state.json").write_text("{}")
+    (out / "config.json").write_text("previous")
+    real = os.replace
+
+    def full_disk(src, dst):
+        if Path(src).name.startswith(".out.tmp-"):
+            raise OSError(28, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    with pytest.raises(EvopError, match="No space left on device"):
+        evop_hub.save(evop_hub.load(str(llama_dir)), out, overwrite=True)
+    assert (out / STATE_DIR / "state.json").read_text() == "{}" and (out / "config.json").read_text() == "previous"
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left beside it
+
+
+def test_saving_into_the_working_directory(llama_dir, tmp_path, monkeypatch):
+    out = prepare_output(tmp_path / "out")
+    (out / STATE_DIR).mkdir(parents=True)
+    monkeypatch.chdir(out)
+    assert evop_hub.save(evop_hub.load(str(llama_dir)), ".", overwrite=True) == out
+    assert (out / "config.json").is_file() and (out / STATE_DIR).is_dir()
 
 
 def test_device_mapped_model_with_disk_offload_is_pruned_and_saved(llama_dir, tmp_path):
@@ -149,6 +184,7 @@ def test_corrupt_gguf_is_reported(tmp_path, monkeypatch):
 
 def test_unknown_hub_id_offline_is_reported(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(EvopError, match="(Hub|not found)"):
         evop_hub.load("someone/definitely-not-a-model-xyz")
 
@@ -160,3 +196,27 @@ def test_record_round_trip(tmp_path):
     assert again.kept_blocks == [0, 1, 3] and again.versions == record.versions
     with pytest.raises(EvopError, match="not an evop-hub output"):
         PruningRecord.load(tmp_path / "nothing")
+    for broken in (b"[]", b"\xff\xfe", b'{"source_model": "m", "architecture": "A", "num_blocks": "30", "dropped_blocks": []}'):
+        (tmp_path / RECORD_NAME).write_bytes(broken)
+        with pytest.raises(EvopError, match="not a valid evop-hub record"):
+            PruningRecord.load(tmp_path)
+
+
+def test_a_reloaded_output_keeps_the_source_license(llama_dir, tmp_path):
+    loaded = evop_hub.load(str(llama_dir))
+    loaded.record.license = "gemma"
+    evop_hub.drop(loaded, DROP)
+    out = evop_hub.save(loaded, tmp_path / "pruned")
+    again = evop_hub.load(str(out))
+    assert again.record.license == "gemma"  # a card made from it again must carry the original terms
+    assert again.record.num_blocks == 4 and not again.record.dropped_blocks  # numbered from the directory itself
+
+
+def test_token_id_lists_are_not_cut_as_per_layer_fields():
+    from evop_hub.models.surgery import drop_blocks
+
+    model = build("llama", layers=3)
+    model.config.eos_token_id = [1, 2, 3]  # as long as the layer list, and not per layer
+    model.config.layer_types = ["full_attention"] * 3
+    drop_blocks(model, [1])
+    assert model.config.eos_token_id == [1, 2, 3] and model.config.layer_types == ["full_attention"] * 2
