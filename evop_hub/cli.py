@@ -473,6 +473,12 @@ def prune(
     from .hub import push as push_dir
     from .report.plots import convergence_plot
 
+    from .baselines import BASELINES
+
+    if plot and method in BASELINES:
+        raise EvopError(f"--plot draws a block search's convergence; {method} searches nothing")
+    if plot and plot.exists() and not overwrite:
+        raise EvopError(f"{plot} already exists; pass --overwrite to replace it, or choose another --plot")
     push_config = PushConfig(repo_id=repo_id, private=private, space=not no_space, space_hardware=space_hardware)
     if push_to_hub:
         check_push(push_config)  # a missing token or bad repo id fails now, not after the search
@@ -487,8 +493,8 @@ def prune(
             config.search,
             method=method,
             seed=seed if search_seed is None else search_seed,
-            population=population or config.search.population,
-            generations=generations or config.search.generations,
+            population=config.search.population if population is None else population,
+            generations=config.search.generations if generations is None else generations,
             exhaustive_limit=exhaustive_limit,
         ),
         calibration=CalibrationConfig(
@@ -557,7 +563,7 @@ def compare(
     dtype: Annotated[Optional[str], typer.Option("--dtype", help="float32|bfloat16|float16|auto")] = None,
     data_dir: DataDirOpt = None,
     resume: Annotated[bool, typer.Option("--resume", help="Reuse the finished cells in REPORT_DIR; compute the rest.")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Delete what compare wrote in REPORT_DIR and start over.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Delete what compare wrote in REPORT_DIR and start over (and let --write-config replace its file).")] = False,
     report_only: Annotated[bool, typer.Option("--report-only", help="Rewrite report.md and the PNGs from REPORT_DIR/results.json; run nothing.")] = False,
     write_config: Annotated[Optional[Path], typer.Option("--write-config", help="Write the resolved settings as TOML to this file and stop.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
@@ -589,6 +595,8 @@ def compare(
         if getattr(config, name) == 0:
             config = CompareConfig.from_dict({name: None}, config)
     if write_config is not None:
+        if write_config.exists() and not overwrite:
+            raise EvopError(f"{write_config} already exists; pass --overwrite to replace it, or choose another file")
         with atomic_path(write_config) as tmp:
             tmp.write_text(config.to_toml())
         typer.echo(f"wrote {write_config}")

@@ -118,6 +118,10 @@ def prune(model: str | LoadedModel, config: PruneConfig | None = None) -> PruneR
         return prune_baseline(model, config)
     if config.search.method not in METHODS:  # settings are checked before anything slow starts
         raise EvopError(f"unknown --method {config.search.method!r}; choose from {', '.join([*METHODS, *BASELINES])}")
+    if config.pattern:
+        raise EvopError(f"--pattern is Wanda's N:M weight sparsity; {config.search.method} removes whole blocks")
+    if config.search.population < 2 or config.search.generations < 1:
+        raise EvopError("--population must be at least 2 and --generations at least 1")
     if config.sparsity is not None and config.num_drop is None and not 0 < config.sparsity < 1:
         raise EvopError(f"--sparsity must be strictly between 0 and 1 (got {config.sparsity})")
     output = prepare_output(config.output, overwrite=config.overwrite, resume=config.resume) if config.output else None

@@ -134,11 +134,14 @@ def resolve_repo_id(config: PushConfig, name: str) -> tuple[str, str | None]:
     if token is None and not config.dry_run:
         raise EvopError("no Hugging Face token: set HF_TOKEN or run `hf auth login`, then push again")
     repo_id = config.repo_id
-    if repo_id is None or "/" not in repo_id:
-        if token is None:
-            return f"{{your-user}}/{repo_id or name}", None
+    if token is None:  # a dry run
+        user = "{your-user}"
+    else:  # asked even when --repo-id names the namespace: a rejected token fails now, not after the search
         with hub_errors("read the account of the token", None, token):
             user = HfApi(token=token).whoami()["name"]
+    if repo_id is None or "/" not in repo_id:
+        if token is None:
+            return f"{user}/{repo_id or name}", None
         repo_id = f"{user}/{repo_id or name}"
     with hub_errors("check the repo id", repo_id, token):
         validate_repo_id(repo_id)

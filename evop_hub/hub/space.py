@@ -156,9 +156,11 @@ def build_local_demo(output_dir: str | Path, base: str | None = None, with_base:
     output_dir = Path(output_dir)
     record = check_output_dir(output_dir)
     base = (base or local_base(record)) if with_base else None
+    if not any(output_dir.glob("*.safetensors")):
+        raise EvopError(f"{output_dir} holds no weights (*.safetensors); is the directory complete?")
     try:
         return _load_app().build_demo(str(output_dir), base=base)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         raise EvopError(
             f"cannot load the base model {base!r} for the demo ({str(exc).splitlines()[0][:200]}); "
             "pass --base DIR or --no-base"
@@ -168,4 +170,7 @@ def build_local_demo(output_dir: str | Path, base: str | None = None, with_base:
 def serve(output_dir: str | Path, port: int = 7860, base: str | None = None, with_base: bool = True) -> None:
     """`evop-hub space DIR`: the same app on 127.0.0.1 only, blocking until interrupted."""
     demo = build_local_demo(output_dir, base=base, with_base=with_base)
-    demo.launch(server_name="127.0.0.1", server_port=port, share=False)
+    try:
+        demo.launch(server_name="127.0.0.1", server_port=port, share=False)
+    except OSError as exc:
+        raise EvopError(f"cannot serve on 127.0.0.1:{port} ({exc}); pass another --port") from exc

@@ -36,7 +36,8 @@ def prepare_output(path: str | Path, *, overwrite: bool = False, resume: bool = 
             raise EvopError(f"output directory {path} holds no run to resume (no {STATE_DIR}/); "
                             "pass --overwrite to replace it, or choose another --output")
         if not overwrite:
-            raise EvopError(f"output directory {path} already exists; pass --overwrite to replace it (or --resume)")
+            hint = " (or --resume to continue its run)" if (path / STATE_DIR).is_dir() else ""
+            raise EvopError(f"output directory {path} already exists; pass --overwrite to replace it{hint}")
         shutil.rmtree(path / STATE_DIR, ignore_errors=True)
     parent = path.parent
     try:

@@ -163,13 +163,20 @@ class CompareConfig:
     def cluster_sparsity(self) -> float:
         return cluster_sparsity(self.fig1c_sparsity, self.sparsities)
 
+    @property
+    def method_exhaustive_limit(self) -> int:
+        """The limit of the exhaustive *method*'s cells: never below the search's own default."""
+        return max(self.exhaustive_limit, SearchConfig.exhaustive_limit)
+
     def own_sampler(self, method: str) -> str:
         return own_sampler(method, self.baseline_sampler)
 
     def fingerprint(self, model: str) -> str:
         """What a cell's numbers depend on besides its own key; resuming with another value is refused."""
         data = asdict(self)
-        for name in ("sparsities", "methods", "seeds", "ablations", "fig1a", "fig1c", "fig1c_methods", "fig1c_sparsity"):
+        # Not in it: which cells to run, and settings that change no number (where the data lies, cache memory).
+        for name in ("sparsities", "methods", "seeds", "ablations", "fig1a", "fig1c", "fig1c_methods", "fig1c_sparsity",
+                     "data_dir", "cache_gib"):
             data.pop(name)
         return hashlib.sha256(json.dumps([model, data], sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -264,6 +271,13 @@ def plan(config: CompareConfig, num_blocks: int) -> list[CellKey]:
     """Every cell, without repeats, grouped by calibration set so one evaluator is alive at a time."""
     from ..baselines import BASELINES
 
+    if "exhaustive" in config.methods:
+        limit = config.method_exhaustive_limit
+        for s in config.sparsities:
+            if (count := math.comb(num_blocks, num_drop(num_blocks, s))) > limit:
+                raise EvopError(f"method exhaustive at sparsity {s} would evaluate C({num_blocks},{num_drop(num_blocks, s)}) "
+                                f"= {count:,} patterns, over exhaustive_limit = {limit:,}; raise exhaustive_limit in the "
+                                "config file or leave exhaustive out of methods")
     keys: list[CellKey] = [CellKey("dense")]
     for seed in config.seeds:
         for s in config.sparsities:
@@ -300,8 +314,9 @@ class Workspace:
             from ..models.surgery import drop
 
             c = self.config
+            device = _usable_device(c.device)  # checked here: a report from finished cells needs no device
             loaded = self.source if isinstance(self.source, LoadedModel) else load(self.source, LoadConfig(dtype=c.dtype))
-            loaded.model.to(c.device)
+            loaded.model.to(device)
             total = loaded.record.num_blocks - len(loaded.record.dropped_blocks)
             if c.blocks is not None and c.blocks < total:
                 drop(loaded, range(c.blocks, total))
@@ -403,7 +418,7 @@ def run_cell(ws: Workspace, key: CellKey) -> dict[str, Any]:
         return {**out, **_extras(ws, key, clone.model)}
     k = num_drop(evaluator.num_blocks, key.sparsity)
     search = replace(SearchConfig(**c.search), method=key.method, seed=key.seed,
-                     exhaustive_limit=max(c.exhaustive_limit, SearchConfig.exhaustive_limit))
+                     exhaustive_limit=c.method_exhaustive_limit)
     before = evaluator.stats.as_dict()
     result = run_search(evaluator, k, search, progress=False)
     out = {
@@ -467,6 +482,7 @@ def compare(model: Any, config: CompareConfig, output: str | Path, *, resume: bo
     name = _model_name(model)
     out = prepare_report_dir(output, resume=resume, overwrite=overwrite)
     fingerprint = config.fingerprint(name)
+    _check_cells(out, fingerprint)
     ws = Workspace(model, config)
     blocks = _recorded_blocks(out, fingerprint) or len(find_blocks(ws.loaded.model))
     keys = plan(config, blocks)
@@ -478,9 +494,6 @@ def compare(model: Any, config: CompareConfig, output: str | Path, *, resume: bo
             path = out / CELLS_DIR / f"{key.id}.json"
             if path.is_file():
                 cell = json.loads(path.read_text())
-                if cell.get("fingerprint") != fingerprint:
-                    raise EvopError(f"{path} was computed with other settings (model, corpora, lengths, search, device); "
-                                    "use another --output, the same settings, or --overwrite")
                 if cell.get("tasks", {}).get("unavailable") and key.method == "dense":
                     ws.tasks_unavailable = cell["tasks"]["unavailable"]
                 cells.append(cell)
@@ -513,6 +526,26 @@ def compare(model: Any, config: CompareConfig, output: str | Path, *, resume: bo
 
     write_report(out, results)
     return results
+
+
+def _usable_device(name: str):
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise EvopError(f"device {name!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise EvopError(f"device {name} is set, but no CUDA GPU is visible here; set device = \"cpu\" (or --preset cpu)")
+    return device
+
+
+def _check_cells(out: Path, fingerprint: str) -> None:
+    """Refuse, before anything loads, to resume into cells made with other settings."""
+    for path in sorted((out / CELLS_DIR).glob("*.json")):
+        if json.loads(path.read_text()).get("fingerprint") != fingerprint:
+            raise EvopError(f"{path} was computed with other settings (model, corpora, lengths, search, device); "
+                            "use another --output, the same settings, or --overwrite")
 
 
 def _recorded_blocks(out: Path, fingerprint: str) -> int | None:

@@ -261,6 +261,8 @@ def test_check_push_fails_before_any_work(hub_client, monkeypatch):
     check_push(PushConfig(repo_id="just-a-name"))
     with pytest.raises(EvopError, match="rejected the token"):
         check_push(PushConfig(token="hf_FAKEwrongtoken000"))
+    with pytest.raises(EvopError, match="rejected the token"):  # also when --repo-id names the namespace
+        check_push(PushConfig(repo_id="someone/model", token="hf_FAKEwrongtoken000"))
     with pytest.raises(EvopError, match="invalid repo id"):
         check_push(PushConfig(repo_id="me/bad name!"))
     monkeypatch.delenv("HF_TOKEN")

@@ -36,7 +36,7 @@ def test_drop_writes_a_smaller_checkpoint_and_refuses_to_overwrite(llama_dir, tm
     again = cli("drop", llama_dir, "--layers", "2", "--output", out)
     assert again.returncode == 2
     assert again.stderr.strip().splitlines() == [f"error: output directory {out} already exists; "
-                                                 "pass --overwrite to replace it (or --resume)"]  # before loading
+                                                 "pass --overwrite to replace it"]  # before loading
     assert (out / "model.safetensors").read_bytes() == before
 
     assert cli("drop", llama_dir, "--layers", "2", "--output", out, "--overwrite").returncode == 0

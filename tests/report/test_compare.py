@@ -152,8 +152,27 @@ def test_resume_reuses_finished_cells_and_computes_only_new_ones(run, corpora, t
                    out, resume=True, progress=False)
     assert computed and all(i.endswith("seed2") for i in computed)
     assert more["cells_reused"] == len(more["cells"]) - len(computed)
-    with pytest.raises(EvopError, match="other settings"):
+    monkeypatch.setattr(cmp.Workspace, "loaded", property(lambda ws: pytest.fail("loaded the model needlessly")))
+    with pytest.raises(EvopError, match="other settings"):  # refused before the model loads
         compare(tiny_loaded(tokenizer), small_config(corpora, seq_len=SEQ + 1), out, resume=True, progress=False)
+    # Where the data lies and how much cache memory there is change no number: such a resume is accepted.
+    compare(tiny_loaded(tokenizer), small_config(corpora, data_dir="/elsewhere", cache_gib=2.0), out, resume=True,
+            progress=False)
+
+
+def test_settings_found_wrong_before_any_cell_runs(corpora, tokenizer, tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(cmp, "run_cell", lambda ws, key: pytest.fail("a cell ran"))
+    monkeypatch.setattr(cmp.SearchConfig, "exhaustive_limit", 10)  # C(6,2) = 15 patterns is then too many
+    with pytest.raises(EvopError, match=r"method exhaustive at sparsity 0.2 would evaluate C\(6,2\) = 15"):
+        compare(tiny_loaded(tokenizer), small_config(corpora, methods=["exhaustive"], exhaustive_limit=1), tmp_path / "a",
+                progress=False)
+    if not torch.cuda.is_available():
+        with pytest.raises(EvopError, match="no CUDA GPU is visible here"):
+            compare(tiny_loaded(tokenizer), small_config(corpora, device="cuda"), tmp_path / "b", progress=False)
+    with pytest.raises(EvopError, match="not a torch device"):
+        compare(tiny_loaded(tokenizer), small_config(corpora, device="gpu"), tmp_path / "c", progress=False)
 
 
 def test_overwrite_deletes_only_what_compare_wrote(corpora, tokenizer, tmp_path):
