@@ -92,7 +92,13 @@ def _calibration(loaded: LoadedModel, config: PruneConfig, run_dir: Path | None)
     if config.calibration_file:
         return CalibrationSet.load(config.calibration_file, loaded.tokenizer)
     if saved and config.resume and saved.is_file():
-        return CalibrationSet.load(saved, loaded.tokenizer)
+        calibration = CalibrationSet.load(saved, loaded.tokenizer)
+        c, meta = config.calibration, calibration.metadata
+        drawn = (meta.get("sampler"), meta.get("seed"), meta.get("k"), meta.get("n"), meta.get("seq_len"))
+        if drawn != (c.sampler, c.seed, c.clusters, c.samples_per_cluster, c.seq_len):
+            raise EvopError("the run to resume drew its calibration set with other --sampler/--seed/--clusters/"
+                            "--samples-per-cluster/--seq-len; resume with the same options, or --overwrite to start over")
+        return calibration
     corpora = [config.corpus] if config.corpus else list(DEFAULT_CORPORA)
     for i, corpus in enumerate(corpora):
         try:

@@ -152,7 +152,7 @@ def _summarise(raw: dict[str, Any], config: TasksConfig, version: str) -> TasksR
     for metric in TABLE_METRICS:
         values = [row[metric] for row in scores.values() if row.get(metric) is not None]
         errors = [row.get(f"{metric}_stderr") for row in scores.values() if row.get(metric) is not None]
-        if values:
+        if values and len(values) == len(scores):  # a mean over some of the tasks would pass for the mean over all
             mean[metric] = sum(values) / len(values)
             complete = all(e is not None for e in errors)
             mean[f"{metric}_stderr"] = math.sqrt(sum(e * e for e in errors)) / len(errors) if complete else None

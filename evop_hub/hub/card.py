@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -136,7 +137,7 @@ def pattern_table(num_blocks: int, dropped: list[int], width: int = 16) -> str:
     for start in range(0, num_blocks, width):
         stop = min(start + width, num_blocks)
         rows.append([f"{start}–{stop - 1}", *("0" if i in gone else "1" for i in range(start, stop))])
-    header = ["blocks", *(str(i) for i in range(min(width, num_blocks)))]
+    header = ["blocks", *(f"+{i}" for i in range(min(width, num_blocks)))]  # offsets from the row's first block
     return table(header, [row + [""] * (len(header) - len(row)) for row in rows])
 
 
@@ -153,6 +154,8 @@ def corpus_dataset(corpus_key: str) -> tuple[str, str | None, str | None]:
     """'wikitext2:test' -> (hub dataset id, config, split); unknown corpora keep their own name."""
     name, _, split = corpus_key.partition(":")
     dataset, config = HUB_DATASETS.get(name.lower(), (name, None))
+    if name.lower() in HUB_DATASETS and split == "valid":
+        split = "validation"  # the Hub datasets' own split name
     return dataset, config, split or None
 
 
@@ -253,6 +256,10 @@ EVOP_EVIDENCE = (
     "4.397 vs 4.447 with 9 of 30), and never a higher calibration loss than SLEB on the same samples "
     "(evop-hub's tests/benchmarks/bench_quality_gpu.md)"
 )
+EVOP_EVIDENCE_ELSEWHERE = (
+    "This run changed the default search or calibration, so the held-out comparison with SLEB measured for the "
+    "defaults (evop-hub's tests/benchmarks/bench_quality_gpu.md) does not apply to it as it stands"
+)
 
 
 def _search_lines(record: PruningRecord) -> list[str]:
@@ -272,8 +279,18 @@ def _search_lines(record: PruningRecord) -> list[str]:
     if record.sparsity is not None:
         lines.append(f"Sparsity: {_cell(record.sparsity)} ({record.sparsity_unit})")
     if search.get("method") == "evop":
-        lines.append(EVOP_EVIDENCE)
+        lines.append(EVOP_EVIDENCE if _default_evop(record) else EVOP_EVIDENCE_ELSEWHERE)
     return lines
+
+
+def _default_evop(record: PruningRecord) -> bool:
+    """Whether the run is the setting EVOP_EVIDENCE measured: CCDS and the default search (any seed)."""
+    from ..search import SearchConfig
+
+    config = (record.search or {}).get("config") or {}
+    defaults = asdict(SearchConfig())
+    same = all(config.get(key, value) == value for key, value in defaults.items() if key not in ("method", "seed"))
+    return same and (record.calibration or {}).get("sampler", "ccds") == "ccds"
 
 
 def _calibration_lines(calibration: dict[str, Any] | None) -> list[str]:

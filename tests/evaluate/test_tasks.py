@@ -147,3 +147,11 @@ def test_smollm2_accuracy_matches_plain_loglikelihood(tmp_path):
     correct, correct_norm = reference_scores(loaded.model, loaded.tokenizer, docs)
     assert result.scores[TASK]["acc"] == pytest.approx(sum(correct) / len(docs))
     assert result.scores[TASK]["acc_norm"] == pytest.approx(sum(correct_norm) / len(docs))
+
+
+def test_a_metric_is_averaged_only_over_tasks_that_all_report_it():
+    from evop_hub.evaluate.tasks import TasksConfig, _summarise
+
+    raw = {"results": {"arc_easy": {"acc,none": 0.6, "acc_norm,none": 0.55}, "winogrande": {"acc,none": 0.5}}}
+    mean = _summarise(raw, TasksConfig(tasks=["arc_easy", "winogrande"]), "0.4").mean
+    assert mean["acc"] == pytest.approx(0.55) and "acc_norm" not in mean

@@ -175,3 +175,16 @@ def test_default_repo_names_differ_by_method():
     assert name("sleb") == "Base-1B-evop-sleb-6L"
     assert name("wanda", "weights", 0.5, ()) == "Base-1B-evop-wanda-50pct"
     assert name("slicegpt", "hidden channels", 0.25, ()) == "Base-1B-evop-slicegpt-25pct"
+
+
+def test_evidence_is_quoted_only_for_the_setting_it_measured(make_output):
+    from dataclasses import replace
+
+    from evop_hub.hub.card import EVOP_EVIDENCE, EVOP_EVIDENCE_ELSEWHERE, render
+    from evop_hub.record import PruningRecord
+
+    record = PruningRecord.load(make_output())
+    assert EVOP_EVIDENCE in str(render(record))
+    quick = replace(record, search={**record.search, "config": {**record.search["config"], "seed_sleb": False}})
+    text = str(render(quick))
+    assert EVOP_EVIDENCE not in text and EVOP_EVIDENCE_ELSEWHERE in text

@@ -99,3 +99,15 @@ def test_a_run_on_a_device_pool_ends_as_the_serial_run(llama_dir, calibration_fi
     subprocess.run(prune_cmd(llama_dir, calibration_file, pooled, "--search-devices", "cpu,cpu"), check=True,
                    capture_output=True)
     assert bests(pooled) == bests(serial)
+
+
+def test_resume_with_another_calibration_draw_is_refused(llama_dir, tmp_path):  # noqa: F811
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(" ".join(f"w{(7 * i + j) % 90}" for j in range(40)) for i in range(30)))
+    out = tmp_path / "run"
+    base = [sys.executable, "-m", "evop_hub.cli", "prune", str(llama_dir), "--corpus", str(corpus), "--sampler", "random",
+            "--clusters", "2", "--seq-len", "16", "--output", str(out), "--num-drop", "1", "--population", "4",
+            "--generations", "1", "--quiet"]
+    subprocess.run(base, check=True, capture_output=True)
+    result = subprocess.run([*base, "--resume", "--calib-seed", "1"], capture_output=True, text=True)
+    assert result.returncode == 2 and "drew its calibration set with other" in result.stderr
