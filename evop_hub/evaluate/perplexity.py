@@ -3,6 +3,8 @@
 Protocol (SLEB, Wanda, EvoP): tokenize the whole joined split once, cut it into
 non-overlapping windows of ``seq_len`` tokens (the incomplete tail is dropped), score every
 next-token prediction inside each window, and report exp of the token-weighted mean NLL.
+C4 is theirs too: the first 1100 validation documents joined with spaces, 256 windows
+(``Corpus.max_windows``).
 
 BOS: when the tokenizer puts a BOS token in front of what it encodes (Llama, Mistral,
 Gemma), every window starts with BOS followed by ``seq_len - 1`` text tokens, so each window
@@ -94,8 +96,9 @@ def make_windows(tokenizer, corpus: Corpus, seq_len: int, max_windows: int | Non
             f"{corpus.name}:{corpus.split} has only {len(ids)} tokens, fewer than one window of {seq_len}; "
             "pass a smaller --seq-len or a larger split"
         )
-    if max_windows is not None:
-        count = min(count, max_windows)
+    for cap in (corpus.max_windows, max_windows):  # the corpus protocol's own cap (C4's 256), then the user's
+        if cap is not None:
+            count = min(count, cap)
     windows = torch.tensor(ids[: count * step], dtype=torch.long).view(count, step)
     if uses_bos:
         windows = torch.cat([torch.full((count, 1), bos, dtype=torch.long), windows], dim=1)

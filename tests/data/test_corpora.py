@@ -337,3 +337,18 @@ def test_unknown_corpus_lists_the_known_ones():
         load_corpus("wikitext103:test")
     assert {"wikitext2", "c4", "wiki-leads", "pydoc", "shakespeare"} <= set(CORPORA)
     assert all(spec.license and spec.description for spec in CORPORA.values())
+
+
+def test_c4_validation_is_the_papers_evaluation_text(tmp_path):
+    # SparseGPT/Wanda/SLEB/EvoP's get_c4: ' '.join of the first 1100 documents, 256 windows of seq_len.
+    from evop_hub.evaluate.perplexity import make_windows
+
+    from ..tiny import WORDS, tiny_tokenizer
+
+    texts = [f"{WORDS[i % len(WORDS)]} {WORDS[(i + 3) % len(WORDS)]}" for i in range(1200)]
+    write_c4(tmp_path / C4_FILES["valid"], texts)
+    corpus = load_corpus("c4:valid", data_dir=tmp_path)
+    assert corpus.text == " ".join(texts[:1100]) and corpus.form == "c4-en-first-1100"
+    windows = make_windows(tiny_tokenizer(), corpus, seq_len=4)  # 2,200 tokens: 550 windows before the cap
+    assert tuple(windows.shape) == (256, 4)
+    assert make_windows(tiny_tokenizer(), corpus, seq_len=4, max_windows=10).shape[0] == 10
