@@ -95,6 +95,15 @@ def _load(model, *load_options):
 
 # ---------------------------------------------------------------- commands
 @app.command()
+def corpora() -> None:
+    """The corpora --corpus names: splits, license and what each is (a path to .txt/.jsonl files works too)."""
+    from .data import CORPORA
+
+    for name, spec in CORPORA.items():
+        typer.echo(f"{name} ({', '.join(spec.splits)}): {spec.description}\n    license: {spec.license}")
+
+
+@app.command()
 def info(
     model: ModelArg,
     revision: RevisionOpt = None,

@@ -301,4 +301,8 @@ def regenerate(out: str | Path) -> Path:
     path = Path(out).expanduser() / _compare.RESULTS
     if not path.is_file():
         raise EvopError(f"{path} not found; run `evop-hub compare MODEL --output {out}` first")
-    return write_report(path.parent, json.loads(path.read_text()))
+    try:
+        results = json.loads(path.read_text())
+    except ValueError as exc:
+        raise EvopError(f"{path} is not valid JSON ({exc}); run the comparison again with --resume") from None
+    return write_report(path.parent, results)

@@ -352,3 +352,16 @@ def test_c4_validation_is_the_papers_evaluation_text(tmp_path):
     windows = make_windows(tiny_tokenizer(), corpus, seq_len=4)  # 2,200 tokens: 550 windows before the cap
     assert tuple(windows.shape) == (256, 4)
     assert make_windows(tiny_tokenizer(), corpus, seq_len=4, max_windows=10).shape[0] == 10
+
+
+def test_the_corpora_command_lists_every_registered_corpus():
+    from typer.testing import CliRunner
+
+    from evop_hub.cli import app
+    from evop_hub.data import CORPORA
+
+    out = CliRunner().invoke(app, ["corpora"])
+    assert out.exit_code == 0
+    for name, spec in CORPORA.items():
+        assert f"{name} ({', '.join(spec.splits)}): {spec.description}" in out.stdout
+        assert f"license: {spec.license}" in out.stdout
