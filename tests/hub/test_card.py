@@ -188,3 +188,25 @@ def test_evidence_is_quoted_only_for_the_setting_it_measured(make_output):
     quick = replace(record, search={**record.search, "config": {**record.search["config"], "seed_sleb": False}})
     text = str(render(quick))
     assert EVOP_EVIDENCE not in text and EVOP_EVIDENCE_ELSEWHERE in text
+
+
+def test_hub_split_names_and_width_pruning_tags():
+    from evop_hub.hub.card import card_data, corpus_dataset
+    from evop_hub.record import PruningRecord
+
+    assert corpus_dataset("wikitext2:valid") == ("Salesforce/wikitext", "wikitext-2-raw-v1", "validation")
+    assert corpus_dataset("pydoc:valid") == ("pydoc", None, "valid")  # not a Hub dataset: its own name
+    wanda = PruningRecord(source_model="m", architecture="LlamaForCausalLM", num_blocks=4, dropped_blocks=[],
+                          method="wanda", sparsity=0.5, sparsity_unit="weights",
+                          calibration={"corpus": "/home/me/private.txt"})
+    data = card_data(wanda, "m-evop-wanda-50pct").to_dict()
+    assert "width-pruning" in data["tags"] and "layer-pruning" not in data["tags"]
+    assert "datasets" not in data  # a local calibration file is never published as a dataset
+
+
+def test_space_shows_numbers_formatted():
+    from evop_hub.hub.space import _load_app
+
+    text = _load_app().scores_markdown({"scores": {"calibration_loss": {"dense": 3.0012345, "pruned": 3.2101234},
+                                                   "perplexity": {"c4:valid": {"dense": 30.0, "pruned": 36.51234}}}})
+    assert "Calibration loss: 3.2101 (base: 3.0012)" in text and "| c4:valid | 30.00 | 36.51 |" in text

@@ -83,6 +83,9 @@ def test_resume_with_other_settings_is_refused(llama_dir, calibration_file, tmp_
 @pytest.mark.parametrize("args, message", [
     (["--method", "magic"], "unknown --method 'magic'"),
     (["--sparsity", "1.5"], "--sparsity must be strictly between 0 and 1"),
+    (["--method", "sleb", "--pattern", "2:4"], "--pattern is Wanda's N:M weight sparsity; sleb removes whole blocks"),
+    (["--population", "0"], "--population must be at least 2"),
+    (["--method", "wanda", "--plot", "w.png"], "--plot draws a block search's convergence; wanda searches nothing"),
 ])
 def test_bad_settings_fail_before_any_loading(tmp_path, args, message):
     result = subprocess.run([sys.executable, "-m", "evop_hub.cli", "prune", "no/such-model", "--output",
@@ -111,3 +114,12 @@ def test_resume_with_another_calibration_draw_is_refused(llama_dir, tmp_path):  
     subprocess.run(base, check=True, capture_output=True)
     result = subprocess.run([*base, "--resume", "--calib-seed", "1"], capture_output=True, text=True)
     assert result.returncode == 2 and "drew its calibration set with other" in result.stderr
+
+
+def test_an_existing_plot_is_not_replaced_without_overwrite(tmp_path):
+    plot = tmp_path / "mine.png"
+    plot.write_bytes(b"the user's picture")
+    result = subprocess.run([sys.executable, "-m", "evop_hub.cli", "prune", "no/such-model", "--output",
+                             str(tmp_path / "o"), "--plot", str(plot)], capture_output=True, text=True)
+    assert result.returncode == 2 and "already exists; pass --overwrite" in result.stderr
+    assert plot.read_bytes() == b"the user's picture"
