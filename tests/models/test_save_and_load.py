@@ -220,3 +220,15 @@ def test_token_id_lists_are_not_cut_as_per_layer_fields():
     model.config.layer_types = ["full_attention"] * 3
     drop_blocks(model, [1])
     assert model.config.eos_token_id == [1, 2, 3] and model.config.layer_types == ["full_attention"] * 2
+
+
+def test_info_counts_every_block_of_a_mixed_moe_model():
+    # Qwen3-MoE with decoder_sparse_step=2: dense and expert blocks differ in size, so block 0 is no sample of all.
+    from evop_hub.models import LoadedModel, SourceInfo, describe
+
+    model = build("qwen3_moe", layers=4)
+    sizes = [sum(p.numel() for p in block.parameters()) for block in find_blocks(model)]
+    assert len(set(sizes)) > 1
+    facts = describe(LoadedModel(model, None, SourceInfo(name="tiny", path="tiny")))
+    assert facts["parameters_per_block"] == sum(sizes) // 4
+    assert facts["blocks_share_of_parameters"] == round(sum(sizes) // 4 * 4 / facts["parameters"], 4)
