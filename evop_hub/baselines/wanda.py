@@ -84,6 +84,10 @@ def wanda(model: nn.Module, input_ids: torch.Tensor, config: WandaConfig | None 
         linears = {name: m for name, m in runner.blocks[i].named_modules() if isinstance(m, nn.Linear)}
         if not linears:
             raise EvopError(f"block {i} has no nn.Linear to prune (GPT-2's Conv1D is not supported); use another method")
+        fused = [name for name, p in runner.blocks[i].named_parameters() if p.dim() > 2]
+        if fused:  # MoE experts held as 3-D tensors: most of the weights, which Wanda's per-row rule does not cover
+            raise EvopError(f"block {i} keeps weights outside nn.Linear ({fused[0]}, e.g. fused MoE experts), which "
+                            "wanda would leave dense; use a block method or slicegpt")
         squares = {name: torch.zeros(m.in_features, dtype=torch.float32, device=m.weight.device) for name, m in linears.items()}
 
         def accumulate(name: str):

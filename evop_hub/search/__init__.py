@@ -78,11 +78,9 @@ class SearchResult:
 
 
 def _fingerprint(evaluator: Evaluator, k: int, config: SearchConfig) -> str:
-    """Identifies a run: resuming with another calibration set, model size or setting is refused."""
-    parts = [evaluator.num_blocks, k, sorted(asdict(config).items())]
-    ids = getattr(evaluator, "input_ids", None)
-    if ids is not None:
-        parts.append(hashlib.sha256(ids.cpu().numpy().tobytes()).hexdigest())
+    """Identifies a run: resuming with another model, dtype, calibration set, batching or setting is refused
+    (saved partial sums count batches, so they only continue under the same ones)."""
+    parts = [evaluator.num_blocks, k, sorted(asdict(config).items()), *evaluator.identity()]
     return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:16]
 
 

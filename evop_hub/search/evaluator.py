@@ -21,13 +21,14 @@ forward of the physically pruned model) and avoids work in three ways:
 
 from __future__ import annotations
 
+import hashlib
 import math
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from copy import deepcopy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -118,6 +119,11 @@ class Evaluator(ABC):
     def loss(self, mask: Mask) -> float:
         return self.evaluate([mask])[0].loss
 
+    def identity(self) -> list:
+        """What its numbers depend on besides the mask (model, dtype, data, batching): a saved search resumes
+        only on an evaluator with the same identity."""
+        return []
+
 
 @dataclass
 class SerialEvaluator(Evaluator):
@@ -140,6 +146,15 @@ class SerialEvaluator(Evaluator):
         self.prefix: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         self.prefix_bytes = 0
 
+    def identity(self) -> list:
+        # The model by its class, size, dtype and a sample of its first weights (on every device, even offloaded).
+        first = next((p for p in self.model.parameters() if p.device.type != "meta"), None)
+        sample = first.detach().flatten()[:4096].float().cpu().numpy().tobytes() if first is not None else b""
+        parameters = sum(p.numel() for p in self.model.parameters())
+        return [type(self.model).__name__, parameters, str(next(self.model.parameters()).dtype),
+                hashlib.sha256(sample).hexdigest(), hashlib.sha256(self.input_ids.cpu().numpy().tobytes()).hexdigest(),
+                self.batch_size]
+
     # ------------------------------------------------------------------ prefix cache
     def _remember(self, key: tuple, hidden: torch.Tensor) -> None:
         size = hidden.numel() * hidden.element_size()
@@ -156,7 +171,9 @@ class SerialEvaluator(Evaluator):
         the model's own forward over the repeated ids gives them, whatever the architecture."""
         if (b, copies) not in self.contexts:
             ids = self.batches[b]
-            self.contexts[b, copies] = self.runner.prepare(ids.repeat(copies, 1) if copies > 1 else ids)
+            ctx = self.runner.prepare(ids.repeat(copies, 1) if copies > 1 else ids)
+            # Stacked calls read only the arguments: their repeated embeddings would be memory held for nothing.
+            self.contexts[b, copies] = replace(ctx, hidden=None) if copies > 1 else ctx
         return self.contexts[b, copies]
 
     def _apply(self, index: int, states: list[torch.Tensor], b: int) -> list[torch.Tensor]:
@@ -169,7 +186,9 @@ class SerialEvaluator(Evaluator):
         while start < len(states):
             size = 1 << (min(group, len(states) - start).bit_length() - 1)
             chunk = states[start : start + size]
-            result = self.runner.block(index, torch.cat(chunk) if size > 1 else chunk[0], self._context(b, size))
+            # States of one stack may come from blocks on different devices (a device map): gather them first.
+            stacked = torch.cat([state.to(chunk[0].device) for state in chunk]) if size > 1 else chunk[0]
+            result = self.runner.block(index, stacked, self._context(b, size))
             # Separate copies: a cached slice would keep the whole stacked tensor alive outside the byte budget.
             out += [part.clone() for part in result.split(chunk[0].shape[0])] if size > 1 else [result]
             self.stats.block_forwards += size
@@ -319,7 +338,7 @@ class PoolEvaluator(Evaluator):
         share a device share the weights' memory (only the module objects are copied)."""
         if len(set(getattr(model, "hf_device_map", {}).values())) > 1 or len({p.device for p in model.parameters()}) > 1:
             raise EvopError("the model is spread over several devices; a device pool needs it whole on one "
-                            "device: drop --search-devices, or load it with --device")
+                            "device: drop --search-devices, or load it without --device-map")
         workers = []
         home = next(model.parameters()).device
         for device in map(torch.device, devices):
@@ -353,6 +372,9 @@ class PoolEvaluator(Evaluator):
         for (worker, _), counts in zip(jobs, before):
             self.stats.add_work(worker.stats, counts)
         return [self.memo[m] for m in masks]
+
+    def identity(self) -> list:
+        return self.workers[0].identity()
 
     def layer_cosines(self, distance: int) -> list[float]:
         worker = self.workers[0]

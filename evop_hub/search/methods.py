@@ -108,7 +108,13 @@ def shortgpt(ctx: SearchContext) -> Mask:
 
 
 def angular(ctx: SearchContext) -> Mask:
-    """Gromov et al. (2024): the k consecutive blocks whose input and output are closest in angle."""
+    """Gromov et al. (2024): the k consecutive blocks whose input and output are closest in angle.
+
+    One difference from their recipe: the angle is taken from the cosine averaged over every
+    calibration token, where they use the last token of each sample and average the angles. It
+    shares the dense pass with ShortGPT and the search's seeding. On SmolLM2 with 8 x 128
+    WikiText-2 tokens both chose the same blocks for k = 2 to 8 of 30, and at k = 9 a run one
+    block earlier (blocks 10-18 against 11-19)."""
     distance = [math.acos(max(-1.0, min(1.0, c))) / math.pi for c in ctx.evaluator.layer_cosines(ctx.k)]
     start = min(range(len(distance)), key=lambda i: distance[i])
     mask = as_mask(range(start, start + ctx.k))
@@ -171,8 +177,8 @@ def population_size(ctx: SearchContext) -> int:
 
 
 def _initial_population(ctx: SearchContext) -> list[Mask]:
-    """Redundancy-seeded: the k most redundant blocks, draws biased toward redundant blocks, and
-    uniform draws for diversity (a third each); SLEB's answer too when ``seed_sleb``."""
+    """Redundancy-seeded: the k most redundant blocks, SLEB's answer when ``seed_sleb``, then draws
+    biased toward redundant blocks up to two thirds of the population and uniform draws for the rest."""
     m, k, size = ctx.num_blocks, ctx.k, population_size(ctx)
     influence = [1 - c for c in ctx.evaluator.layer_cosines(1)]
     rank = sorted(range(m), key=lambda i: influence[i])
@@ -230,7 +236,7 @@ def evop(ctx: SearchContext) -> Mask:
         ctx.rng.setstate(_rng_state(ctx.state["rng"]))
     else:
         population, generation, stale, best_loss = _initial_population(ctx), 0, 0, math.inf
-    while generation < cfg.generations and stale < cfg.patience and math.comb(ctx.num_blocks, ctx.k) > 1:
+    while generation < cfg.generations and stale < cfg.patience:
         fits = sorted(ctx.evaluator.evaluate(population, survivors=survivors), key=lambda f: f.loss)
         parents = [f.mask for f in fits[:survivors]]
         improved = fits[0].loss < best_loss - 1e-12

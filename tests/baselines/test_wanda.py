@@ -79,3 +79,12 @@ def test_pattern_and_sparsity_must_agree():
         WandaConfig(pattern="4:2")
     with pytest.raises(EvopError, match="strictly between 0 and 1"):
         WandaConfig(sparsity=1.0)
+
+
+def test_fused_moe_experts_are_refused_not_left_dense():
+    # transformers 5 keeps Qwen3-MoE's experts as 3-D tensors: Wanda's rule would skip most of the weights.
+    from ..models.conftest import build
+
+    model = build("qwen3_moe", layers=4)
+    with pytest.raises(EvopError, match="fused MoE experts"):
+        wanda(model, torch.randint(0, model.config.vocab_size, (2, 8)))

@@ -123,3 +123,22 @@ def test_an_existing_plot_is_not_replaced_without_overwrite(tmp_path):
                              str(tmp_path / "o"), "--plot", str(plot)], capture_output=True, text=True)
     assert result.returncode == 2 and "already exists; pass --overwrite" in result.stderr
     assert plot.read_bytes() == b"the user's picture"
+
+
+def test_resume_on_another_batching_or_model_is_refused(tmp_path):
+    # Saved partial sums count batches: continued under another batch size they would skip or repeat samples.
+    from evop_hub.errors import EvopError
+    from evop_hub.search import SearchConfig, SerialEvaluator, run_search
+
+    from ..models.conftest import build
+
+    model = build("llama", layers=6)
+    ids = torch.randint(0, model.config.vocab_size, (6, 12), generator=torch.Generator().manual_seed(0))
+    config = SearchConfig(method="sleb")
+    run_search(SerialEvaluator(model, ids, batch_size=2), 2, config, state_dir=tmp_path, progress=False)
+    for other in (SerialEvaluator(model, ids, batch_size=1), SerialEvaluator(build("llama", layers=6, seed=1), ids, batch_size=2),
+                  SerialEvaluator(build("llama", layers=6).to(torch.bfloat16), ids, batch_size=2)):
+        with pytest.raises(EvopError, match="another model, calibration set or settings"):
+            run_search(other, 2, config, state_dir=tmp_path, resume=True, progress=False)
+    again = run_search(SerialEvaluator(model, ids, batch_size=2), 2, config, state_dir=tmp_path, resume=True, progress=False)
+    assert again.resumed
