@@ -327,7 +327,6 @@ class PoolEvaluator(Evaluator):
         if not self.workers:
             raise EvopError("a pool evaluator needs at least one device")
         self.num_blocks = self.workers[0].num_blocks
-        self.input_ids = self.workers[0].input_ids
 
     @classmethod
     def replicate(cls, model: torch.nn.Module, input_ids: torch.Tensor, devices: Sequence[str], **settings) -> PoolEvaluator:
@@ -344,10 +343,13 @@ class PoolEvaluator(Evaluator):
         for device in map(torch.device, devices):
             if device.type == "cuda" and device.index is None:
                 device = torch.device("cuda", torch.cuda.current_device())
-            tensors = {id(p): torch.nn.Parameter(p.detach().to(device), requires_grad=p.requires_grad)
-                       for p in model.parameters()}
-            tensors.update({id(b): b.to(device) for b in model.buffers()})
-            copy = model if device == home and all(w.model is not model for w in workers) else deepcopy(model, tensors)
+            if device == home and all(worker.model is not model for worker in workers):
+                copy = model
+            else:
+                tensors = {id(p): torch.nn.Parameter(p.detach().to(device), requires_grad=p.requires_grad)
+                           for p in model.parameters()}
+                tensors.update({id(b): b.to(device) for b in model.buffers()})
+                copy = deepcopy(model, tensors)
             workers.append(SerialEvaluator(copy, input_ids.to(device), **settings))
         return cls(workers)
 
