@@ -336,9 +336,9 @@ def _resolve(name: str, config: LoadConfig) -> SourceInfo:
 
 def _hub_license(hub_id: str, revision: str | None, token: str | bool | None) -> str | None:
     """Best effort: the license from the repo's card metadata; None offline."""
-    from huggingface_hub import HfApi, constants
+    from huggingface_hub import HfApi, is_offline_mode
 
-    if constants.HF_HUB_OFFLINE:
+    if is_offline_mode():
         return None
     try:
 
