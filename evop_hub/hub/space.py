@@ -89,6 +89,9 @@ def space_files(
         warnings.append(f"{why}: the Space needs an HF_TOKEN secret to load it (see its README)")
     if base is None:
         notes.append("the base model is not on the Hub, so the Space serves the pruned model alone.")
+    elif record.source_format.startswith("gguf"):
+        notes.append(f"the pruned model was dequantized from a {record.source_format.removeprefix('gguf:')} GGUF file, "
+                     f"while {base} is served in full precision: part of the difference between them is quantization.")
     need = memory_gb(output_dir, record)
     if need is not None and need > FREE_MEMORY_GB and hardware in (None, FREE_HARDWARE):
         text = (

@@ -234,6 +234,9 @@ def test_space_hardware_warning(make_output, tmp_path):
     assert not paid.warnings
     small = space_files(out, PruningRecord.load(out), f"{USER}/small", private=False)
     assert not small.warnings  # the tiny model fits, and a public repo needs no secret
+    record.source_format = "gguf:Q4_1"  # dequantized from a GGUF file, compared with the full-precision base
+    readme = space_files(out, record, f"{USER}/big", private=False, hardware="cpu-upgrade").files["README.md"].decode()
+    assert f"dequantized from a Q4_1 GGUF file, while {BASE} is served in full precision" in readme
 
 
 def test_nothing_outside_the_output_dir_is_uploaded(make_output, tmp_path):
