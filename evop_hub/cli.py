@@ -483,11 +483,12 @@ def prune(
     from .report.plots import convergence_plot
 
     from .baselines import BASELINES
+    from .calibration.calibration_set import refuse_existing
 
     if plot and method in BASELINES:
         raise EvopError(f"--plot draws a block search's convergence; {method} searches nothing")
-    if plot and plot.exists() and not overwrite:
-        raise EvopError(f"{plot} already exists; pass --overwrite to replace it, or choose another --plot")
+    if plot:
+        refuse_existing(plot, overwrite)
     push_config = PushConfig(repo_id=repo_id, private=private, space=not no_space, space_hardware=space_hardware)
     if push_to_hub:
         check_push(push_config)  # a missing token or bad repo id fails now, not after the search
@@ -604,9 +605,9 @@ def compare(
         if getattr(config, name) == 0:
             config = CompareConfig.from_dict({name: None}, config)
     if write_config is not None:
-        if write_config.exists() and not overwrite:
-            raise EvopError(f"{write_config} already exists; pass --overwrite to replace it, or choose another file")
-        with atomic_path(write_config) as tmp:
+        from .calibration.calibration_set import refuse_existing
+
+        with atomic_path(refuse_existing(write_config, overwrite)) as tmp:
             tmp.write_text(config.to_toml())
         typer.echo(f"wrote {write_config}")
         return

@@ -482,9 +482,9 @@ def compare(model: Any, config: CompareConfig, output: str | Path, *, resume: bo
     name = _model_name(model)
     out = prepare_report_dir(output, resume=resume, overwrite=overwrite)
     fingerprint = config.fingerprint(name)
-    _check_cells(out, fingerprint)
+    recorded = _recorded_blocks(out, fingerprint)
     ws = Workspace(model, config)
-    blocks = _recorded_blocks(out, fingerprint) or len(find_blocks(ws.loaded.model))
+    blocks = recorded or len(find_blocks(ws.loaded.model))
     keys = plan(config, blocks)
     machine, packages = hardware(), versions()
     cells, reused, started = [], 0, time.perf_counter()
@@ -540,22 +540,18 @@ def _usable_device(name: str):
     return device
 
 
-def _check_cells(out: Path, fingerprint: str) -> None:
-    """Refuse, before anything loads, to resume into cells made with other settings."""
-    for path in sorted((out / CELLS_DIR).glob("*.json")):
-        if json.loads(path.read_text()).get("fingerprint") != fingerprint:
-            raise EvopError(f"{path} was computed with other settings (model, corpora, lengths, search, device); "
-                            "use another --output, the same settings, or --overwrite")
-
-
 def _recorded_blocks(out: Path, fingerprint: str) -> int | None:
-    """The model's block count from a finished cell, so that a resumed run with nothing left to compute (a
-    report over fewer seeds, made on another machine than the cells) never loads the model."""
+    """The model's block count from the finished cells, after refusing any made with other settings: both before
+    anything loads, so that a resumed run with nothing left to compute (a report over fewer seeds, made on another
+    machine than the cells) never loads the model."""
+    blocks = None
     for path in sorted((out / CELLS_DIR).glob("*.json")):
         cell = json.loads(path.read_text())
-        if cell.get("fingerprint") == fingerprint and cell.get("blocks"):
-            return cell["blocks"]
-    return None
+        if cell.get("fingerprint") != fingerprint:
+            raise EvopError(f"{path} was computed with other settings (model, corpora, lengths, search, device); "
+                            "use another --output, the same settings, or --overwrite")
+        blocks = blocks or cell.get("blocks")
+    return blocks
 
 
 def _saved_windows(out: Path) -> dict[str, Any] | None:

@@ -55,6 +55,9 @@ def test_write_config_round_trips(tmp_path):
     assert done.exit_code == 0, done.output
     config = CompareConfig.load(path)
     assert config.seeds == [3, 4] and config.blocks == 12
+    again = CliRunner().invoke(app, ["compare", "--preset", "cpu", "--seeds", "5", "--write-config", str(path)])
+    assert again.exit_code != 0 and "already exists; pass --overwrite" in str(again.exception)
+    assert CompareConfig.load(path).seeds == [3, 4]  # the file written before is kept
 
 
 def test_bad_flag_is_one_line_and_exit_2(setup, tmp_path):  # noqa: F811
