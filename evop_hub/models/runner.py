@@ -55,8 +55,7 @@ class BlockRunner:
         self.transforms = [
             (fn, getattr(config, name)) for name, fn in LOGIT_TRANSFORMS.items() if getattr(config, name, None)
         ]
-        # Positions per cross-entropy chunk: float32 logits stay near 256 MiB per sequence of the batch,
-        # whatever the vocabulary.
+        # Positions per cross-entropy chunk: float32 logits stay near 256 MiB, whatever the batch and vocabulary.
         self.chunk_tokens = chunk_tokens or max(1, (256 << 20) // (4 * config.vocab_size))
         self.tail: list[torch.nn.Module] = []
 
@@ -135,18 +134,30 @@ class BlockRunner:
             logits = fn(logits, value)
         return logits
 
+    def _head_chunks(self, hidden: torch.Tensor, input_ids: torch.Tensor):
+        """(float32 logits, targets) over the predicted positions of every sequence, flattened in order
+        and cut into ``chunk_tokens`` rows whatever the batch, so float32 logits stay near 256 MiB.
+        A caller may stack many short sequences (the search: one per mask) so that the head's
+        weights are read once per chunk rather than once per sequence: on a CPU that halves its cost."""
+        states = hidden[:, :-1].reshape(1, -1, hidden.shape[-1])
+        targets = input_ids[:, 1:].reshape(-1)
+        for start in range(0, targets.numel(), self.chunk_tokens):
+            logits = self.logits(states[:, start : start + self.chunk_tokens]).float()[0]
+            yield logits, targets[start : start + self.chunk_tokens].to(logits.device)
+
     @torch.no_grad()
     def nll(self, hidden: torch.Tensor, input_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """Summed next-token NLL (float64 accumulator) over the batch, and the number of predicted tokens.
+        """Summed next-token NLL over the batch (float64 accumulator), and the number of predicted tokens.
 
-        Chunked over positions so float32 logits never exist for the whole sequence.
-        """
-        batch, length = input_ids.shape
+        One chunk sums exactly as a plain loop's ``cross_entropy(..., reduction="sum")`` does."""
         total = torch.zeros((), dtype=torch.float64)
-        for start in range(0, length - 1, self.chunk_tokens):
-            end = min(start + self.chunk_tokens, length - 1)
-            logits = self.logits(hidden[:, start:end]).float()
-            targets = input_ids[:, start + 1 : end + 1].to(logits.device)
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum")
-            total += loss.double().cpu()
-        return total, batch * (length - 1)
+        for logits, targets in self._head_chunks(hidden, input_ids):
+            total += F.cross_entropy(logits, targets, reduction="sum").double().cpu()
+        return total, input_ids.shape[0] * (input_ids.shape[1] - 1)
+
+    @torch.no_grad()
+    def nll_rows(self, hidden: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        """Summed next-token NLL of each sequence of the batch, float64 on the CPU."""
+        losses = [F.cross_entropy(logits, targets, reduction="none").double().cpu()
+                  for logits, targets in self._head_chunks(hidden, input_ids)]
+        return torch.cat(losses).view(input_ids.shape[0], -1).sum(1)

@@ -3,7 +3,8 @@
 Every search method talks to one ``Evaluator`` interface (as mergekit's evolution strategies
 do), so a pool of workers over several GPUs or machines can replace ``SerialEvaluator``
 without touching the methods. The serial evaluator is exact (the same numbers as a full
-forward of the physically pruned model) and avoids work in three ways:
+forward of the physically pruned model) and avoids work in three ways, besides stacking the
+final states of many masks into one call of the head:
 
 * memoisation: a mask is computed once per run;
 * prefix reuse: the hidden state after blocks ``0..j-1`` depends only on the mask's first
@@ -70,6 +71,12 @@ def checked(masks: Sequence[Mask], num_blocks: int) -> list[Mask]:
         if len(mask) >= num_blocks or (mask and not 0 <= mask[0] <= mask[-1] < num_blocks):
             raise EvopError(f"invalid mask {list(mask)} for a model with {num_blocks} blocks")
     return masks
+
+
+def _stack(states: list[torch.Tensor]) -> torch.Tensor:
+    """Several masks' states along the batch axis. They may come from blocks on different devices (a
+    device map): gather them on the first one's."""
+    return torch.cat([state.to(states[0].device) for state in states]) if len(states) > 1 else states[0]
 
 
 @dataclass
@@ -186,9 +193,7 @@ class SerialEvaluator(Evaluator):
         while start < len(states):
             size = 1 << (min(group, len(states) - start).bit_length() - 1)
             chunk = states[start : start + size]
-            # States of one stack may come from blocks on different devices (a device map): gather them first.
-            stacked = torch.cat([state.to(chunk[0].device) for state in chunk]) if size > 1 else chunk[0]
-            result = self.runner.block(index, stacked, self._context(b, size))
+            result = self.runner.block(index, _stack(chunk), self._context(b, size))
             # Separate copies: a cached slice would keep the whole stacked tensor alive outside the byte budget.
             out += [part.clone() for part in result.split(chunk[0].shape[0])] if size > 1 else [result]
             self.stats.block_forwards += size
@@ -230,7 +235,20 @@ class SerialEvaluator(Evaluator):
             frontier = {**{p: h for p, h in frontier.items() if len(p) > i}, **following}
         walked = self.stats.block_forwards - before
         self.stats.blocks_saved += sum(sum(keep[level:]) for keep, level in zip(keeps, entry)) - walked
-        return [float(self.runner.nll(frontier[keep], self.batches[b])[0]) for keep in keeps]
+        return self._nlls([frontier[keep] for keep in keeps], b)
+
+    def _nlls(self, states: list[torch.Tensor], b: int) -> list[float]:
+        """NLL sums of several masks' final states of batch ``b``, stacked into head calls of about
+        ``chunk_tokens`` positions: with short samples the head (49k x 576 on SmolLM2) costs more than the
+        blocks, and one call reads its weights once for all the masks it carries."""
+        ids = self.batches[b]
+        per_call = max(1, self.runner.chunk_tokens // ids.numel())
+        sums = []
+        for start in range(0, len(states), per_call):
+            chunk = states[start : start + per_call]
+            rows = self.runner.nll_rows(_stack(chunk), ids.repeat(len(chunk), 1))
+            sums += rows.view(len(chunk), -1).sum(1).tolist()
+        return sums
 
     # ------------------------------------------------------------------ evaluation
     def _advance(self, fits: list[Fitness], bound: Callable[[], float], until: int | None = None) -> None:

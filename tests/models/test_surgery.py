@@ -98,15 +98,18 @@ def test_runner_matches_model_forward_for_any_subset(arch):
 def test_runner_nll_equals_plain_cross_entropy(arch):
     model = build(arch)
     ids = ids_for(model)
-    runner = BlockRunner(model, chunk_tokens=5)  # chunks that do not divide the sequence
-    total, count = runner.nll(runner.run(runner.prepare(ids)), ids)
+    runner = BlockRunner(model, chunk_tokens=5)  # chunks that do not divide the sequence and cross sequences
+    hidden = runner.run(runner.prepare(ids))
+    total, count = runner.nll(hidden, ids)
+    rows = runner.nll_rows(hidden, ids)
     with torch.no_grad():
         logits = model(ids, use_cache=False).logits.float()
     reference = torch.nn.functional.cross_entropy(
-        logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="sum"
-    )
+        logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none"
+    ).sum(1)
     assert count == ids.numel() - ids.shape[0]
-    assert float(total) == pytest.approx(float(reference), rel=1e-6)
+    assert float(total) == pytest.approx(float(reference.sum()), rel=1e-6)
+    torch.testing.assert_close(rows, reference.double(), rtol=1e-6, atol=0)
 
 
 def test_qwen3_moe_sparse_layers_survive_renumbering():

@@ -61,12 +61,13 @@ def test_prefix_reuse_and_memo_do_not_change_values():
     assert cached.stats.block_forwards == before, "memoised masks were recomputed"
 
 
-def test_walks_split_under_the_memory_budget_give_the_same_values():
+def test_walks_and_head_calls_split_under_their_budgets_give_the_same_values():
     model = build("llama", layers=8)
     ids = calibration(model)
     masks = [tuple(sorted(random.Random(i).sample(range(8), 3))) for i in range(20)]
     state_bytes = ids.shape[1] * model.config.hidden_size * 4  # one sample's hidden state, float32
     tight = SerialEvaluator(model, ids, batch_size=1, cache_bytes=3 * state_bytes)
+    tight.runner.chunk_tokens = 2 * ids.shape[1]  # and head calls of two masks each (the roomy one: all of a walk)
     walks = []
     real = tight._batch_nlls
     tight._batch_nlls = lambda keeps, b: walks.append(len(keeps)) or real(keeps, b)
