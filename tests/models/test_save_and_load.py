@@ -15,6 +15,7 @@ import torch
 import evop_hub
 from evop_hub.errors import EvopError
 from evop_hub.models import BlockRunner, LoadConfig, find_blocks, prepare_output
+from evop_hub.models.loading import gguf_tokenizer_problem
 from evop_hub.record import RECORD_NAME, STATE_DIR, PruningRecord
 
 from .conftest import build
@@ -180,6 +181,32 @@ def test_corrupt_gguf_is_reported(tmp_path, monkeypatch):
     bad.write_bytes(b"GGUF" + b"\x00" * 64)
     with pytest.raises(EvopError, match="cannot read GGUF"):
         evop_hub.load(str(bad))
+
+
+def sentencepiece_tokenizer(scores: dict[str, float], bos: bool):
+    """A Unigram tokenizer over a few SentencePiece pieces; with ``bos`` it starts text with <bos> (id 1)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.Unigram([("<unk>", 0.0), ("<bos>", 0.0), *scores.items()], unk_id=0))
+    core.pre_tokenizer = pre_tokenizers.Metaspace()
+    if bos:
+        core.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", bos_token="<bos>")
+
+
+def test_a_wrongly_read_gguf_tokenizer_is_caught():
+    # Stand-ins for what transformers' GGUF reader built: from Gemma 3's file, with 5.17, pieces scored so that
+    # " the" splits although "\u2581the" is in the vocabulary, and with 5.18-5.22 no BOS, which the file asks for;
+    # from SmolLM2's, with 5.5, a BOS the file does not ask for.
+    pieces = {"\u2581the": -12.0, "\u2581t": -1.0, "he": -1.0, "\u2581of": -2.0, "\u2581and": -2.0}
+    assert "it splits 'the'" in gguf_tokenizer_problem(sentencepiece_tokenizer(pieces, bos=True), True, 1)
+    pieces["\u2581the"] = -0.5
+    assert gguf_tokenizer_problem(sentencepiece_tokenizer(pieces, bos=True), True, 1) is None
+    no_bos = sentencepiece_tokenizer(pieces, bos=False)
+    assert "BOS token (id 1)" in gguf_tokenizer_problem(no_bos, True, 1)
+    assert gguf_tokenizer_problem(no_bos, False, 1) is None  # a file that asks for no BOS, as SmolLM2's
+    assert "starts text with the BOS token" in gguf_tokenizer_problem(sentencepiece_tokenizer(pieces, bos=True), False, 1)
 
 
 def test_unknown_hub_id_offline_is_reported(monkeypatch):
