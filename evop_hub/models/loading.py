@@ -236,13 +236,12 @@ def gguf_tokenizer_problem(tokenizer, add_bos: bool | None, bos_id: int | None) 
     """What is wrong with a tokenizer transformers built from a GGUF file, or None.
 
     Its GGUF reader has built tokenizers that load and run but make the model score badly, with
-    nothing failing: 5.17 read Gemma 3's BPE vocabulary as a Unigram one without scores (" the"
-    came out as "▁t", "he"; dense NLL 12.9 instead of 1.9 on a plain sentence); 5.18 to 5.22
-    dropped the BOS token the file asks for (Gemma 3 on 512 WikiText-2 tokens: 4.32 instead of
-    3.72); 5.5 added one SmolLM2's file does not ask for, and saved its tokenizer so that it
-    reloads with every space read as <|endoftext|> (WikiText-2 perplexity 15,269). Two checks
-    catch them all: the text starts with a BOS token exactly when the file says so, and common
-    words the vocabulary holds whole come out whole.
+    nothing failing (tests/benchmarks/bench_gguf_tokenizers.md: mean NLL of the same weights on
+    WikiText-2 test): Gemma 3's saved by 5.17 cuts text into single characters (9.00 instead of
+    3.72), 5.18 to 5.22 drop the BOS token its file asks for (4.31), and 5.5 adds one SmolLM2's
+    file does not ask for and reads every space as <|endoftext|> (9.64 instead of 2.83). Two
+    checks catch them all: the text starts with a BOS token exactly when the file says so, and
+    common words the vocabulary holds whole come out whole.
     """
     ids = tokenizer(PROBE).input_ids
     if add_bos is not None and bos_id is not None and (ids[:1] == [bos_id]) != add_bos:
@@ -256,7 +255,7 @@ def gguf_tokenizer_problem(tokenizer, add_bos: bool | None, bos_id: int | None) 
     return None
 
 
-def _gguf_bos(gguf_path: Path) -> tuple[bool | None, int | None]:
+def gguf_bos(gguf_path: Path) -> tuple[bool | None, int | None]:
     """Whether the GGUF file's tokenizer adds a BOS token, and its id, from the file's metadata."""
     from gguf import GGUFReader
 
@@ -307,7 +306,7 @@ def convert_gguf(gguf_path: Path) -> Path:
     try:
         tokenizer.save_pretrained(tmp)
         # Checked as saved, which is what every later load gets.
-        problem = gguf_tokenizer_problem(AutoTokenizer.from_pretrained(tmp), *_gguf_bos(gguf_path))
+        problem = gguf_tokenizer_problem(AutoTokenizer.from_pretrained(tmp), *gguf_bos(gguf_path))
         if problem:
             raise EvopError(
                 f"transformers {transformers_version} reads the tokenizer of {gguf_path.name} wrongly: {problem}; "
