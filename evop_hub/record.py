@@ -10,32 +10,17 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import json
-import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import EvopError
 from .files import atomic_path
+from .report.provenance import versions
 
 RECORD_NAME = "evop_pruning.json"
 STATE_DIR = ".evop"  # run state inside an output directory; never published
 SCHEMA_VERSION = 1
-
-
-def versions() -> dict[str, str]:
-    """Library versions that decide numerical results, recorded for reproducibility."""
-    import torch
-    import transformers
-
-    from . import __version__
-
-    return {
-        "evop_hub": __version__,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
-    }
 
 
 @dataclass
@@ -53,7 +38,9 @@ class PruningRecord:
     source_revision: str | None = None
     source_hub_id: str | None = None  # the Hub repo the weights come from, when known
     source_format: str = "transformers"  # or "gguf:<quant>" when dequantized from a GGUF file
-    license: str | None = None
+    license: str | None = None  # the base's terms, as its card metadata states them
+    license_name: str | None = None
+    license_link: str | None = None
     method: str = "manual"
     sparsity: float | None = None  # in the method's own unit (see sparsity_unit)
     sparsity_unit: str = "blocks"

@@ -226,7 +226,18 @@ def eval_results(record: PruningRecord) -> list[EvalResult]:
     return results
 
 
-def card_data(record: PruningRecord, model_name: str) -> ModelCardData:
+def license_link(record: PruningRecord, license_files: list[str] | None) -> str | None:
+    """The base's ``license_link`` as it resolves from this repo: a file name stays when the file is
+    copied here; otherwise it points into the base repo, or is dropped when there is none to point at."""
+    link = record.license_link
+    if not link or "://" in link or link in (license_files or []):
+        return link
+    if record.source_hub_id:
+        return f"https://huggingface.co/{record.source_hub_id}/blob/{record.source_revision or 'main'}/{link}"
+    return None
+
+
+def card_data(record: PruningRecord, model_name: str, license_files: list[str] | None = None) -> ModelCardData:
     """Only keys the Hub understands; no base_model_relation (the Hub has no value for pruning)."""
     # The Hub reads `datasets` as the data the weights were fitted on: here, the calibration corpus, when it is
     # a Hub dataset (evaluation corpora are in the model-index; a local path must never be published).
@@ -239,6 +250,8 @@ def card_data(record: PruningRecord, model_name: str) -> ModelCardData:
         library_name="transformers",
         pipeline_tag="text-generation",
         license=record.license,
+        license_name=record.license_name,
+        license_link=license_link(record, license_files),
         tags=["pruned", "layer-pruning" if record.sparsity_unit == "blocks" else "width-pruning", "evop",
               f"evop-{record.method}", arch],
         datasets=datasets or None,
@@ -362,7 +375,11 @@ def _source_note(record: PruningRecord) -> str:
 
 def _license_note(record: PruningRecord, copied: list[str] | None) -> str:
     base = f"[{record.source_hub_id}](https://huggingface.co/{record.source_hub_id})" if record.source_hub_id else "the base model"
-    lead = f"`{record.license}`, inherited from {base}." if record.license else f"Same terms as {base}."
+    terms = f"{record.license} ({record.license_name})" if record.license_name else record.license
+    lead = f"`{terms}`, inherited from {base}." if record.license else f"Same terms as {base}."
+    link = license_link(record, copied)
+    if link and "://" in link:
+        lead += f" [The license]({link})."
     if copied:
         return lead + " Its files are copied here: " + ", ".join(f"[{name}]({name})" for name in copied) + "."
     if copied is None:
@@ -393,7 +410,7 @@ def render(record: PruningRecord, repo_id: str | None = None, license_files: lis
         summary += f" It decodes {speed['speedup']['decode']:.2f}× as fast as the source ({speed.get('hardware', speed.get('device'))})."
     scores = record.scores or {}
     return ModelCard.from_template(
-        card_data(record, name),
+        card_data(record, name, license_files),
         template_str=TEMPLATE,
         title=name,
         summary=summary,

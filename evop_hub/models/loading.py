@@ -97,6 +97,8 @@ class SourceInfo:
     revision: str | None = None
     format: str = "transformers"
     license: str | None = None
+    license_name: str | None = None  # the Hub's keys for a license of type `other`
+    license_link: str | None = None
 
 
 @dataclass
@@ -115,6 +117,8 @@ class LoadedModel:
             source_revision=self.source.revision,
             source_format=self.source.format,
             license=self.source.license,
+            license_name=self.source.license_name,
+            license_link=self.source.license_link,
             architecture=type(self.model).__name__,
             num_blocks=len(find_blocks(self.model)),
             dropped_blocks=[],
@@ -382,18 +386,37 @@ def _resolve(name: str, config: LoadConfig) -> SourceInfo:
     return SourceInfo(name, name, hub_id=name, revision=config.revision)
 
 
-def _hub_license(hub_id: str, revision: str | None, token: str | bool | None) -> str | None:
-    """Best effort: the license from the repo's card metadata; None offline."""
-    from huggingface_hub import HfApi, is_offline_mode
+def _commit(source: SourceInfo) -> str | None:
+    """The commit the weights were loaded from, so the record pins them: the Hub cache keeps each
+    commit's files under ``snapshots/<commit>/``, and ``from_pretrained`` has just put config.json there."""
+    from huggingface_hub import hf_hub_download
 
-    if is_offline_mode():
-        return None
     try:
-
-        card = HfApi().model_info(hub_id, revision=revision, token=token, timeout=10).card_data
-        return getattr(card, "license", None)
-    except Exception:  # noqa: BLE001 - a license lookup must never stop a load
+        return Path(hf_hub_download(source.hub_id, "config.json", revision=source.revision, local_files_only=True)).parent.name
+    except Exception:  # noqa: BLE001 - a custom cache_dir or layout: the record keeps the revision as asked
         return None
+
+
+LICENSE_KEYS = ("license", "license_name", "license_link")  # the card metadata that states a model's terms
+
+
+def _card_license(source: SourceInfo, token: str | bool | None) -> dict[str, str | None]:
+    """Best effort: the license keys of the base's card metadata, from its Hub repo or a local
+    README.md; empty offline. A license of type `other` is meaningless without its name and link,
+    so all three are kept."""
+    from huggingface_hub import HfApi, ModelCard, is_offline_mode
+
+    readme = Path(source.path) / "README.md"
+    try:
+        if source.hub_id:
+            if is_offline_mode():
+                return {}
+            data = HfApi().model_info(source.hub_id, revision=source.revision, token=token, timeout=10).card_data
+        else:
+            data = ModelCard.load(readme).data if readme.is_file() else None
+    except Exception:  # noqa: BLE001 - a license lookup must never stop a load
+        return {}
+    return {key: getattr(data, key, None) for key in LICENSE_KEYS} if data is not None else {}
 
 
 def load_tokenizer(name: str, config: LoadConfig | None = None) -> Any:
@@ -441,13 +464,19 @@ def load(name: str, config: LoadConfig | None = None) -> LoadedModel:
         raise _hub_error(exc, name) from exc
     model.eval()
     tokenizer.name_or_path = model.name_or_path = name  # records cite what the user typed, not a cache path
-    if source.hub_id and source.format == "transformers":
-        source.revision = getattr(model.config, "_commit_hash", None) or source.revision
-        source.license = _hub_license(source.hub_id, source.revision, config.token)
-    elif (Path(source.path) / RECORD_NAME).is_file():
+    if (Path(source.path) / RECORD_NAME).is_file():
         # An evop-hub output is its own source (block numbers count from it), but its weights keep the
         # license of the model they came from: a card made from it again must say so.
-        source.license = PruningRecord.load(source.path).license
+        record = PruningRecord.load(source.path)
+        terms = {key: getattr(record, key) for key in LICENSE_KEYS}
+    elif source.format == "transformers":
+        if source.hub_id:
+            source.revision = _commit(source) or source.revision
+        terms = _card_license(source, config.token)
+    else:
+        terms = {}
+    for key, value in terms.items():
+        setattr(source, key, value)
     return LoadedModel(model, tokenizer, source)
 
 

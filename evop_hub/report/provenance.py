@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-PACKAGES = ("evop-hub", "torch", "transformers", "accelerate", "lm-eval", "sentence-transformers")
+PACKAGES = ("torch", "transformers", "accelerate", "lm-eval", "sentence-transformers")
 
 
 def cpu_name() -> str:
@@ -31,7 +31,9 @@ def hardware() -> str:
 
 def versions() -> dict[str, str]:
     """Python and the installed versions of the packages a result depends on (absent ones left out)."""
-    found = {"python": sys.version.split()[0]}
+    from .. import __version__  # this checkout's, installed or not
+
+    found = {"python": sys.version.split()[0], "evop-hub": __version__}
     for name in PACKAGES:
         try:
             found[name] = metadata.version(name)

@@ -35,6 +35,12 @@ BASE_MODEL_RELATIONS = {"adapter", "merge", "quantized", "finetune"}
 SPACE_SDKS = {"gradio", "streamlit", "docker", "static"}
 
 
+def front_matter(card: str) -> dict:
+    """The YAML metadata block at the top of a card (README.md), or {} without one."""
+    match = re.match(r"^---\n(.*?)\n---\n", card, re.S)
+    return (yaml.safe_load(match.group(1)) or {}) if match else {}
+
+
 def git_blob_oid(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
@@ -183,13 +189,11 @@ class FakeHub:
         if not isinstance(content, str) or kind not in ("model", "space"):
             raise HttpError(400, "malformed validate-yaml request")
         errors = []
-        match = re.match(r"^---\n(.*?)\n---\n", content, re.S)
-        meta = {}
-        if match:
-            try:
-                meta = yaml.safe_load(match.group(1)) or {}
-            except yaml.YAMLError as exc:
-                errors.append(f"invalid YAML: {exc}")
+        try:
+            meta = front_matter(content)
+        except yaml.YAMLError as exc:
+            meta = {}
+            errors.append(f"invalid YAML: {exc}")
         if meta.get("base_model_relation") not in (None, *BASE_MODEL_RELATIONS):
             errors.append(f"base_model_relation must be one of {sorted(BASE_MODEL_RELATIONS)}")
         for entry in meta.get("model-index") or []:
@@ -221,6 +225,8 @@ class FakeHub:
             "siblings": [{"rfilename": p} for p in sorted(tree)],
             "tags": [],
         }
+        if "README.md" in tree:  # as the Hub does: the card's metadata, parsed
+            data["cardData"] = front_matter(tree["README.md"].data.decode())
         if kind == "spaces":
             data |= {"sdk": r.sdk, "runtime": {"stage": "BUILDING", "hardware": {"current": None, "requested": r.hardware}}}
         return 200, data

@@ -56,7 +56,8 @@ def run_cli(args, tmp_path, endpoint, token=FAKE_TOKEN):
 @pytest.fixture
 def hub_client(hub, monkeypatch, tmp_path):
     """This process's huggingface_hub pointed at the fake Hub (for downloading back)."""
-    from huggingface_hub import constants
+    from huggingface_hub import constants, hf_api
+    from transformers.utils import hub as transformers_hub
 
     monkeypatch.setattr(constants, "ENDPOINT", hub.url)
     monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", hub.url + "/{repo_id}/resolve/{revision}/{filename}")
@@ -65,6 +66,11 @@ def hub_client(hub, monkeypatch, tmp_path):
     monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
     monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)  # as the Space's secret would be
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf_cache"))  # each server's repos are new
+    # Clients made before this test read the endpoint when they were made: huggingface_hub's module-level one
+    # (transformers resolves revisions through it) and transformers' own, made on first use.
+    monkeypatch.setattr(hf_api.api, "endpoint", hub.url)
+    monkeypatch.setattr(transformers_hub, "_hf_api", None)
     return hub
 
 
@@ -277,3 +283,37 @@ def test_check_push_fails_before_any_work(hub_client, monkeypatch):
     with pytest.raises(EvopError, match="no Hugging Face token"):
         check_push(PushConfig())
     assert not [r for r in hub_client.repos if r[1] != BASE]  # checks create nothing
+
+
+@pytest.mark.parametrize("license_file", [True, False])
+def test_a_license_of_type_other_keeps_its_name_and_link(hub_client, tmp_path, license_file):
+    """Many bases state their terms as `license: other` with a name and a link (Qwen, Yi, Falcon...):
+    loaded from the (fake) Hub, the pruned model's card carries all three, and the link resolves from the
+    new repo: to the copied file, or into the base repo when there is no file to copy."""
+    import evop_hub
+
+    from .conftest import tiny_llama, tiny_tokenizer
+
+    base_dir = tmp_path / "base"
+    tiny_llama().save_pretrained(base_dir)
+    tiny_tokenizer().save_pretrained(base_dir)
+    files = {p.name: p.read_bytes() for p in base_dir.iterdir()}
+    files["README.md"] = b"---\nlicense: other\nlicense_name: tiny-community-license\nlicense_link: LICENSE\n---\n# tiny\n"
+    if license_file:
+        files["LICENSE"] = b"TINY COMMUNITY LICENSE (test copy)\n"
+    hub_client.add_repo("org/other-base", files)
+
+    loaded = evop_hub.load("org/other-base")
+    record = loaded.record
+    assert (record.license, record.license_name, record.license_link) == ("other", "tiny-community-license", "LICENSE")
+    assert record.source_revision == hub_client.repos[("model", "org/other-base")].branches["main"]  # pinned
+    evop_hub.drop(loaded, [1])
+    out = evop_hub.save(loaded, tmp_path / "out")
+    card = ModelCard.load(out / "README.md")
+    assert card.data.license == "other" and card.data.license_name == "tiny-community-license"
+    if license_file:
+        assert card.data.license_link == "LICENSE" and (out / "LICENSE").read_bytes() == files["LICENSE"]
+    else:
+        assert not (out / "LICENSE").exists()
+        assert card.data.license_link == f"https://huggingface.co/org/other-base/blob/{record.source_revision}/LICENSE"
+        assert f"[The license]({card.data.license_link})" in card.text

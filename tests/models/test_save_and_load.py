@@ -230,12 +230,19 @@ def test_record_round_trip(tmp_path):
 
 
 def test_a_reloaded_output_keeps_the_source_license(llama_dir, tmp_path):
+    # A local base states its terms in its README.md's metadata, as Hub repos do (a license of type
+    # `other` needs its name and link; the link is a file beside the card).
+    (llama_dir / "README.md").write_text("---\nlicense: other\nlicense_name: tiny-license\nlicense_link: LICENSE\n---\n")
+    (llama_dir / "LICENSE").write_text("tiny license\n")
     loaded = evop_hub.load(str(llama_dir))
-    loaded.record.license = "gemma"
+    terms = (loaded.record.license, loaded.record.license_name, loaded.record.license_link)
+    assert terms == ("other", "tiny-license", "LICENSE")
     evop_hub.drop(loaded, DROP)
     out = evop_hub.save(loaded, tmp_path / "pruned")
-    again = evop_hub.load(str(out))
-    assert again.record.license == "gemma"  # a card made from it again must carry the original terms
+    card = huggingface_hub.ModelCard.load(out / "README.md").data
+    assert (card.license, card.license_name, card.license_link) == terms and (out / "LICENSE").is_file()
+    again = evop_hub.load(str(out))  # a card made from it again must carry the original terms, not its own card's
+    assert (again.record.license, again.record.license_name, again.record.license_link) == terms
     assert again.record.num_blocks == 4 and not again.record.dropped_blocks  # numbered from the directory itself
 
 
