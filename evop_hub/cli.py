@@ -198,7 +198,7 @@ def ppl(
 
     results = score(model, revision)
     source = PruningRecord.load(model) if dense else None
-    dense_results = score(source.source_model, source.source_revision) if source else None
+    dense_results = score(source.source_spec(model), source.source_revision) if source else None
     if recorded and max_windows is None:  # a quick look on part of a corpus is never published as the model's number
         record_perplexity(model, results, dense_results)
     if as_json:

@@ -38,6 +38,7 @@ class PruningRecord:
     source_revision: str | None = None
     source_hub_id: str | None = None  # the Hub repo the weights come from, when known
     source_format: str = "transformers"  # or "gguf:<quant>" when dequantized from a GGUF file
+    source_relative: str | None = None  # a local source directory, as a path relative to the output directory
     license: str | None = None  # the base's terms, as its card metadata states them
     license_name: str | None = None
     license_link: str | None = None
@@ -55,6 +56,15 @@ class PruningRecord:
         default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     )
     schema_version: int = SCHEMA_VERSION
+
+    def source_spec(self, output_dir: str | Path) -> str:
+        """What loads the source from here: the name as typed, or, for a local directory typed as a
+        relative path in another working directory, its place seen from the output directory."""
+        if self.source_relative and not Path(self.source_model).expanduser().is_dir():
+            beside = Path(output_dir) / self.source_relative
+            if beside.is_dir():
+                return str(beside)
+        return self.source_model
 
     @property
     def kept_blocks(self) -> list[int]:

@@ -455,13 +455,13 @@ def present_license_files(output_dir: Path) -> list[str]:
     return sorted(p.name for p in output_dir.iterdir() if p.is_file() and _is_license_file(p.name))
 
 
-def base_license_files(record: PruningRecord) -> dict[str, Path] | None:
+def base_license_files(record: PruningRecord, output_dir: Path) -> dict[str, Path] | None:
     """LICENSE / USE_POLICY files of the base repo: name -> local path (a source dir or the Hub cache).
 
     None when the base could not be asked (offline, gated, no Hub id): the card then says so
     instead of silently omitting them.
     """
-    local = Path(record.source_model).expanduser()
+    local = Path(record.source_spec(output_dir)).expanduser()
     if local.is_dir():
         return {p.name: p for p in sorted(local.iterdir()) if p.is_file() and _is_license_file(p.name)}
     if not record.source_hub_id or is_offline_mode():
@@ -482,7 +482,7 @@ def write_card(output_dir: str | Path, repo_id: str | None = None, fetch_license
     """(Re)write ``output_dir/README.md`` from its ``evop_pruning.json``; returns the card's path."""
     output_dir = Path(output_dir)
     record = check_output_dir(output_dir)
-    found = base_license_files(record) if fetch_license else None
+    found = base_license_files(record, output_dir) if fetch_license else None
     for name, src in (found or {}).items():
         with atomic_path(output_dir / name) as tmp:
             shutil.copyfile(src, tmp)

@@ -186,7 +186,7 @@ def push(output_dir: str | Path, config: PushConfig | None = None) -> PushResult
 
     # License files already copied by `evop-hub card` are in `files`; otherwise they come from the base.
     present = present_license_files(output_dir)
-    extra = {} if present else base_license_files(record)
+    extra = {} if present else base_license_files(record, output_dir)
     license_names = present or (sorted(extra) if extra is not None else None)
     extra = extra or {}
     card = str(render(record, repo_id=repo_id, license_files=license_names)).encode()

@@ -17,6 +17,7 @@ from huggingface_hub import SpaceCard, SpaceCardData
 
 from ..errors import EvopError
 from ..record import PruningRecord
+from .card import license_link
 
 SPACE_DIR = Path(__file__).resolve().parents[2] / "spaces"  # a source checkout
 INSTALLED_SPACE_DIR = Path(sys.prefix) / "share" / "evop-hub" / "spaces"  # pyproject's data-files
@@ -110,6 +111,8 @@ def space_files(
         app_file="app.py",
         pinned=False,
         license=record.license,
+        license_name=record.license_name,
+        license_link=license_link(record, None),  # the Space holds no license file: point into the base repo
         models=[m for m in (repo_id, base) if m],
         short_description=f"{record.num_blocks - len(record.dropped_blocks)}-block pruned model vs. its base"[:60],
     )
@@ -137,9 +140,9 @@ def _load_app():
     return module
 
 
-def local_base(record: PruningRecord) -> str | None:
+def local_base(record: PruningRecord, output_dir: Path) -> str | None:
     """A base that loads here: the local source directory, the converted offline GGUF, or the Hub id."""
-    source = Path(record.source_model).expanduser()
+    source = Path(record.source_spec(output_dir)).expanduser()
     if source.is_dir():
         return str(source)
     if (record.source_format or "").startswith("gguf"):
@@ -158,7 +161,7 @@ def build_local_demo(output_dir: str | Path, base: str | None = None, with_base:
 
     output_dir = Path(output_dir)
     record = check_output_dir(output_dir)
-    base = (base or local_base(record)) if with_base else None
+    base = (base or local_base(record, output_dir)) if with_base else None
     if not any(output_dir.glob("*.safetensors")):
         raise EvopError(f"{output_dir} holds no weights (*.safetensors); is the directory complete?")
     try:

@@ -68,6 +68,10 @@ def save(loaded: LoadedModel, output: str | Path, *, command: str | None = None,
         prepare_output(output)
     if command:
         loaded.record.command = command
+    source = Path(loaded.source.path)
+    if loaded.source.format == "transformers" and not loaded.source.hub_id and source.is_dir():
+        # Commands run later from elsewhere (card, space, ppl --dense) find the source through this.
+        loaded.record.source_relative = os.path.relpath(source.resolve(), output)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.tmp-"))
     try:

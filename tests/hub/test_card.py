@@ -113,6 +113,32 @@ def test_card_command_copies_license_files_from_local_base(make_output, tmp_path
     assert values == [99.5]
 
 
+def test_a_relative_local_base_is_found_from_another_directory(tmp_path, monkeypatch):
+    """`evop-hub drop base ...` typed in one directory, `card` and `space` run from another: the record
+    keeps the path as typed (no absolute paths are published) and the base's place beside the output."""
+    import evop_hub
+    from evop_hub.hub.card import write_card
+    from evop_hub.hub.space import local_base
+
+    from .conftest import tiny_llama, tiny_tokenizer
+
+    base = tmp_path / "work" / "base"
+    tiny_llama().save_pretrained(base)
+    tiny_tokenizer().save_pretrained(base)
+    (base / "LICENSE").write_text("terms\n")
+    monkeypatch.chdir(base.parent)
+    loaded = evop_hub.load("base")
+    evop_hub.drop(loaded, [1])
+    out = evop_hub.save(loaded, "out")
+    monkeypatch.chdir(tmp_path)
+    record = PruningRecord.load(out)
+    assert (record.source_model, record.source_relative) == ("base", "../base")
+    (out / "LICENSE").unlink()
+    write_card(out)
+    assert (out / "LICENSE").read_text() == "terms\n"
+    assert local_base(record, out) == str(out / "../base")
+
+
 def test_card_command_on_a_non_output_is_one_line(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "evop_hub.cli", "card", str(tmp_path)], capture_output=True, text=True, timeout=120

@@ -317,3 +317,10 @@ def test_a_license_of_type_other_keeps_its_name_and_link(hub_client, tmp_path, l
         assert not (out / "LICENSE").exists()
         assert card.data.license_link == f"https://huggingface.co/org/other-base/blob/{record.source_revision}/LICENSE"
         assert f"[The license]({card.data.license_link})" in card.text
+
+    from evop_hub.hub.space import space_files
+
+    space = space_files(out, record, f"{USER}/other-evop")
+    meta = SpaceCard(space.files["README.md"].decode()).data
+    assert (meta.license, meta.license_name) == ("other", "tiny-community-license")
+    assert meta.license_link == f"https://huggingface.co/org/other-base/blob/{record.source_revision}/LICENSE"
