@@ -14,7 +14,7 @@ from typing import Any
 
 from .calibration import CalibrationConfig, CalibrationSet, calibrate
 from .errors import EvopError
-from .models import LoadConfig, LoadedModel, drop, find_blocks, load, prepare_output, save, state_dir
+from .models import LoadConfig, LoadedModel, drop, find_blocks, input_device, load, prepare_output, save, state_dir
 from .record import PruningRecord
 from .search import METHODS, PoolEvaluator, SearchConfig, SearchResult, SerialEvaluator, num_drop, run_search
 
@@ -145,8 +145,7 @@ def prune(model: str | LoadedModel, config: PruneConfig | None = None) -> PruneR
     if config.search_devices:
         evaluator = PoolEvaluator.replicate(loaded.model, calibration.input_ids, config.search_devices, **settings)
     else:
-        device = next(p.device for p in loaded.model.parameters() if p.device.type != "meta")
-        evaluator = SerialEvaluator(loaded.model, calibration.input_ids.to(device), **settings)
+        evaluator = SerialEvaluator(loaded.model, calibration.input_ids.to(input_device(loaded.model)), **settings)
     result = run_search(evaluator, k, config.search, state_dir=run_dir, resume=config.resume, progress=config.progress)
     drop(loaded, result.mask)
     record = loaded.record

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from ..data import load_corpus
+from ..models import input_device
 from ..search import SerialEvaluator
 from .perplexity import make_windows, window_length
 
@@ -27,7 +28,7 @@ class HeldOut:
         self.windows = windows
         self.info = info or {spec: {"windows": ids.shape[0], "seq_len": ids.shape[1]} for spec, ids in windows.items()}
         self.cache_bytes = cache_bytes
-        device = model.get_input_embeddings().weight.device
+        device = input_device(model)
         self.evaluators = {spec: SerialEvaluator(model, ids.to(device), cache_bytes=cache_bytes)
                            for spec, ids in windows.items()}
 

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from ..data import Corpus
 from ..errors import EvopError
-from ..models import BlockRunner, leading_bos, text_config
+from ..models import BlockRunner, input_device, leading_bos, text_config
 from ..record import PruningRecord
 
 log = logging.getLogger(__name__)
@@ -117,13 +117,12 @@ def perplexity(
         )
     seq_len = window_length(model, config.seq_len)
     windows = make_windows(tokenizer, corpus, seq_len, config.max_windows)
-    # Accelerate's hooks move inputs on device-mapped models (whose embeddings may even sit on "meta").
-    device = None if getattr(model, "hf_device_map", None) else model.get_input_embeddings().weight.device
+    device = input_device(model)
     runner = BlockRunner(model)
     total, tokens = 0.0, 0
     batches = windows.split(config.batch_size)
     for batch in tqdm(batches, desc=f"ppl {corpus.name}:{corpus.split} ({seq_len} tokens/window)", unit="batch"):
-        batch = batch if device is None else batch.to(device)
+        batch = batch.to(device)
         nll_sum, count = runner.nll(runner.run(runner.prepare(batch)), batch)
         total += nll_sum.item()
         tokens += count

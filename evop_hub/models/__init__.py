@@ -15,7 +15,7 @@ from .loading import (
     load_tokenizer,
     parse_max_memory,
 )
-from .runner import BlockContext, BlockRunner
+from .runner import BlockContext, BlockRunner, input_device
 from .saving import prepare_output, save, state_dir
 from .surgery import drop, drop_blocks, parse_layers, validate_drop
 
@@ -34,6 +34,7 @@ __all__ = [
     "drop",
     "drop_blocks",
     "find_blocks",
+    "input_device",
     "leading_bos",
     "load",
     "load_tokenizer",

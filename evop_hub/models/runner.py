@@ -29,6 +29,18 @@ LOGIT_TRANSFORMS = {
 }
 
 
+def input_device(model: torch.nn.Module) -> torch.device:
+    """Where input ids go: the embeddings' device; for embeddings that accelerate offloads (their
+    weights sit on "meta"), the device its hook runs them on, else the first device holding weights."""
+    embed = model.get_input_embeddings()
+    hook_device = getattr(getattr(embed, "_hf_hook", None), "execution_device", None)
+    if hook_device is not None:
+        return torch.device(hook_device)
+    if embed.weight.device.type != "meta":
+        return embed.weight.device
+    return next(p.device for p in model.parameters() if p.device.type != "meta")
+
+
 class _Stop(Exception):
     """Raised to end the recording forward before the LM head does any work."""
 

@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 
 from ..errors import EvopError
 from ..files import atomic_path
+from ..models import input_device
 from ..search import METHODS, SearchConfig, num_drop
 
 log = logging.getLogger(__name__)
@@ -346,8 +347,8 @@ class Workspace:
                                            seed=key.seed, data_dir=c.data_dir, cluster=key.cluster, **extra)
             self._evaluator = None  # free the previous set's prefix cache first
             self._calibration = calibrate(c.calibration, self.loaded.tokenizer, cal_config)
-            device = self.loaded.model.get_input_embeddings().weight.device
-            self._evaluator = SerialEvaluator(self.loaded.model, self._calibration.input_ids.to(device),
+            ids = self._calibration.input_ids.to(input_device(self.loaded.model))
+            self._evaluator = SerialEvaluator(self.loaded.model, ids,
                                               batch_size=c.batch_size, cache_bytes=int(c.cache_gib * (1 << 30)))
             self._evaluator_key = ident
         return self._calibration, self._evaluator

@@ -15,6 +15,9 @@ from evop_hub.cli import app
 from evop_hub.data import Corpus, Document, load_corpus
 from evop_hub.errors import EvopError
 from evop_hub.evaluate import PerplexityConfig, perplexity
+from evop_hub.evaluate.heldout import HeldOut
+from evop_hub.evaluate.perplexity import make_windows
+from evop_hub.models import drop
 
 from ..models.conftest import build
 from ..tiny import WORDS, tiny_llama
@@ -121,7 +124,7 @@ def test_device_mapped_model_gives_the_same_numbers(model_dir, tmp_path):
     config = PerplexityConfig(seq_len=SEQ, batch_size=2)
     plain = load(str(model_dir))
     device_map = {
-        "model.embed_tokens": "cpu",
+        "model.embed_tokens": "disk",  # offloaded: its weights sit on "meta" and its hook runs it on the CPU
         "model.layers.0": "cpu",
         "model.layers.1": "disk",
         "model.layers.2": "cpu",
@@ -134,9 +137,16 @@ def test_device_mapped_model_gives_the_same_numbers(model_dir, tmp_path):
         str(model_dir), LoadConfig(device_map=json.dumps(device_map), offload_folder=str(tmp_path / "offload"))
     )
     assert set(mapped.model.hf_device_map.values()) == {"cpu", "disk"}
+    assert mapped.model.get_input_embeddings().weight.device.type == "meta"
     assert perplexity(mapped.model, mapped.tokenizer, corpus, config) == perplexity(
         plain.model, plain.tokenizer, corpus, config
     )
+    # Held-out scoring skips blocks instead of copying the model: the same number as the pruned model's perplexity.
+    windows = {"words": make_windows(plain.tokenizer, corpus, SEQ)}
+    held = HeldOut(mapped.model, windows).score([1, 2])["words"]
+    assert held == pytest.approx(HeldOut(plain.model, windows).score([1, 2])["words"], abs=1e-6)
+    drop(plain, [1, 2])
+    assert held == pytest.approx(math.log(perplexity(plain.model, plain.tokenizer, corpus, config).ppl), abs=1e-5)
 
 
 def test_cli_prints_a_table_and_json(model_dir, tmp_path):
