@@ -307,6 +307,12 @@ def test_a_license_of_type_other_keeps_its_name_and_link(hub_client, tmp_path, l
     record = loaded.record
     assert (record.license, record.license_name, record.license_link) == ("other", "tiny-community-license", "LICENSE")
     assert record.source_revision == hub_client.repos[("model", "org/other-base")].branches["main"]  # pinned
+    if license_file:  # offline, from the cache: the same commit (the license keys need the Hub, so they are absent)
+        from huggingface_hub import constants
+
+        with pytest.MonkeyPatch.context() as offline:
+            offline.setattr(constants, "HF_HUB_OFFLINE", True)
+            assert evop_hub.load("org/other-base").record.source_revision == record.source_revision
     evop_hub.drop(loaded, [1])
     out = evop_hub.save(loaded, tmp_path / "out")
     card = ModelCard.load(out / "README.md")
