@@ -393,7 +393,7 @@ def _commit(source: SourceInfo) -> str | None:
 
     try:
         return Path(hf_hub_download(source.hub_id, "config.json", revision=source.revision, local_files_only=True)).parent.name
-    except Exception:  # noqa: BLE001 - a custom cache_dir or layout: the record keeps the revision as asked
+    except Exception:  # noqa: BLE001 - not found in the cache: the record keeps the revision as asked
         return None
 
 
