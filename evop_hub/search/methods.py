@@ -210,7 +210,7 @@ def _child(ctx: SearchContext, a: Mask, b: Mask) -> Mask:
     return as_mask(dropped)
 
 
-def _swap_neighbours(mask: Mask, m: int) -> list[Mask]:
+def swap_neighbours(mask: Mask, m: int) -> list[Mask]:
     kept = [i for i in range(m) if i not in mask]
     return [as_mask((set(mask) - {out}) | {into}) for out in mask for into in kept]
 
@@ -219,7 +219,7 @@ def local_search(ctx: SearchContext, start: Fitness) -> Fitness:
     """Best-improvement swap descent: stop where no single swap lowers the loss."""
     best = start
     while True:
-        fits = ctx.evaluator.evaluate([best.mask, *_swap_neighbours(best.mask, ctx.num_blocks)], survivors=1)
+        fits = ctx.evaluator.evaluate([best.mask, *swap_neighbours(best.mask, ctx.num_blocks)], survivors=1)
         leader = _best(fits)
         if leader.loss >= best.loss:
             return best

@@ -19,6 +19,7 @@ import torch
 
 import evop_hub
 from evop_hub.search import SearchConfig, SerialEvaluator, run_search
+from evop_hub.search.methods import swap_neighbours
 
 
 def main():
@@ -47,6 +48,16 @@ def main():
     print(json.dumps({"method": "exhaustive", "mask": list(exhaustive.mask), "loss": round(exhaustive.loss, 6),
                       "block_calls": stats.block_forwards, "share_of_naive": round(stats.block_forwards / naive, 3),
                       "seconds": round(seconds, 1)}), flush=True)
+    # A lower bound for any search that ends, as ours does, on a pattern no single swap improves: checking
+    # that of the optimum alone, on a cold evaluator (computing the optimum, then its k x (m - k) neighbours racing it).
+    evaluator = SerialEvaluator(loaded.model, calibration)
+    evaluator.evaluate([exhaustive.mask, *swap_neighbours(exhaustive.mask, args.blocks)], survivors=1)
+    print(json.dumps({"method": "swap_check_of_optimum", "masks": evaluator.stats.evaluations,
+                      "block_calls": evaluator.stats.block_forwards,
+                      "share_of_naive": round(evaluator.stats.block_forwards / naive, 3)}), flush=True)
+    # The prior the first population is drawn from: blocks from most to least redundant (1 - cos(input, output)).
+    cosines = SerialEvaluator(loaded.model, calibration).layer_cosines(1)
+    print(json.dumps({"redundancy_rank": sorted(range(args.blocks), key=lambda i: 1 - cosines[i])}), flush=True)
     for seed in args.seeds:
         result, stats, seconds = run(SearchConfig(method="evop", seed=seed, seed_sleb=False))
         # When the search first held the optimum (trace rows carry the evaluator's counters at each step's end);
