@@ -20,6 +20,11 @@ from ..errors import EvopError
 from ..models import LoadConfig, LoadedModel, load
 from ..record import RECORD_NAME, PruningRecord
 
+class TasksUnavailable(EvopError):
+    """The harness or the tasks' data cannot be had: the same for every model, so a report of many
+    models says so once instead of failing each one (a failure while scoring a model is not this)."""
+
+
 # The five zero-shot tasks of the EvoP paper's tables.
 PAPER_TASKS = ("arc_easy", "arc_challenge", "hellaswag", "piqa", "winogrande")
 TABLE_METRICS = ("acc", "acc_norm")
@@ -82,7 +87,7 @@ def _lm_eval():
         from lm_eval.models.huggingface import HFLM
         from lm_eval.tasks import TaskManager
     except ImportError as exc:
-        raise EvopError(
+        raise TasksUnavailable(
             "downstream tasks need lm-evaluation-harness: pip install 'evop-hub[eval]'"
         ) from exc
     return lm_eval, HFLM, TaskManager
@@ -176,12 +181,12 @@ def tasks(model: Any, tokenizer: Any = None, config: TasksConfig | None = None) 
     try:  # builds the tasks, which fetches their data; done here to report a failed fetch precisely
         loaded_tasks = manager.load(list(config.tasks))["tasks"]
     except ConnectionError as exc:
-        raise EvopError(
+        raise TasksUnavailable(
             f"cannot fetch task data from the Hugging Face Hub ({exc}); connect, or pass --include-path "
             "with task YAMLs whose dataset_path is json/csv and data_files point at local files"
         ) from exc
     except FileNotFoundError as exc:
-        raise EvopError(f"task data file not found ({exc}); check data_files in the task YAML") from exc
+        raise TasksUnavailable(f"task data file not found ({exc}); check data_files in the task YAML") from exc
 
     net, tokenizer, target = open_model(model, tokenizer, config.load)
     if tokenizer is None:

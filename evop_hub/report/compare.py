@@ -374,15 +374,16 @@ def _extras(ws: Workspace, key: CellKey, pruned) -> dict[str, Any]:
 
 
 def _tasks(ws: Workspace, model) -> dict[str, Any]:
-    """lm-eval scores, or ``{"unavailable": reason}``: a missing harness or unreachable data never stops the report."""
+    """lm-eval scores, or ``{"unavailable": reason}`` when the harness or the task data cannot be had: that never
+    stops the report and is tried once. Any other failure is this model's and stops the run (``--resume`` goes on)."""
     if ws.tasks_unavailable:
         return {"unavailable": ws.tasks_unavailable}
-    from ..evaluate.tasks import TasksConfig, tasks
+    from ..evaluate.tasks import TasksConfig, TasksUnavailable, tasks
 
     try:
         return tasks(model, ws.loaded.tokenizer, TasksConfig(tasks=list(ws.config.tasks), limit=ws.config.task_limit)).to_dict()
-    except Exception as exc:  # noqa: BLE001 - EvopError, or the datasets library failing offline in its own ways
-        ws.tasks_unavailable = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+    except TasksUnavailable as exc:
+        ws.tasks_unavailable = str(exc).splitlines()[0][:300]
         log.warning("zero-shot tasks unavailable: %s", ws.tasks_unavailable)
         return {"unavailable": ws.tasks_unavailable}
 

@@ -75,7 +75,8 @@ def _protocol(results: dict[str, Any]) -> list[str]:
     c, blocks = results["config"], results["blocks"]
     ks = ", ".join(f"{s:g} → k={math.ceil(s * blocks)}" for s in c["sparsities"])
     windows = results.get("heldout_windows") or {}
-    held = "; ".join(f"{spec}: {w['windows']} × {w['seq_len']} tokens" for spec, w in windows.items())
+    held = "; ".join(f"{spec} ({w['form']}): {w['windows']} × {w['seq_len']} tokens" if w.get("form")
+                     else f"{spec}: {w['windows']} × {w['seq_len']} tokens" for spec, w in windows.items())
     truncated = (f" — only the first {c['blocks']} of the model's blocks are kept, so its perplexities say nothing "
                  "about the whole model: this protocol checks the machinery" if c["blocks"] else "")
     search = ", ".join(f"{k}={v}" for k, v in c["search"].items()) or "evop-hub's defaults"
@@ -92,6 +93,8 @@ def _protocol(results: dict[str, Any]) -> list[str]:
         "weights (unstructured, nothing is removed from storage or time); slicegpt removes the fraction s of hidden "
         "channels. The same nominal s is therefore not the same parameter count: Table 1 gives the parameters removed.",
         f"- Search settings: {search}; exhaustive search (Fig. 1a) only where C(blocks, k) ≤ {c['exhaustive_limit']}.",
+        *([f"- Zero-shot tasks: only the first {c['task_limit']} examples of each task (`task_limit`): a quick look, "
+           "not comparable with published numbers."] if c.get("task_limit") else []),
         f"- Every number is the mean ± sample standard deviation over the {len(c['seeds'])} seed(s) (a single value when "
         "one seed). Cells are in results.json with their command, seeds, versions, hardware and seconds.",
     ]
@@ -109,7 +112,7 @@ def _table1(cells: Cells) -> list[str]:
     with_tasks = bool(c["tasks"]) and not unavailable
     head = ["method", "sparsity", "parameters removed", "prefill speedup", "decode speedup"]
     head += [f"{t} acc" for t in c["tasks"]] + ["mean acc"] if with_tasks else []
-    rows = []
+    rows, missing = [], []
     if cells.dense is not None:
         row = ["dense", "0", "0.0%", "1.00", "1.00"]
         if with_tasks:
@@ -130,8 +133,10 @@ def _table1(cells: Cells) -> list[str]:
                 scored = [g["tasks"] for g in group if "scores" in g.get("tasks", {})]
                 row += [fmt([t["scores"][name]["acc"] for t in scored if name in t["scores"]], 4) for name in c["tasks"]]
                 row.append(fmt([t["mean"]["acc"] for t in scored if "acc" in t["mean"]], 4))
+                if len(scored) < len(group):
+                    missing.append(_unscored(method, s, group, len(scored)))
             rows.append(row)
-    lines += ["", *_table(head, rows)]
+    lines += ["", *_table(head, rows), *(["", *missing] if missing else [])]
     timed = next((g["speed"] for group in cells.groups.values() for g in group if "speed" in g), None)
     if timed:
         t = timed["config"]
@@ -141,6 +146,16 @@ def _table1(cells: Cells) -> list[str]:
     elif not c["speed"]:
         lines += ["", "Speed: not measured (`speed = false`)."]
     return lines
+
+
+def _unscored(method: str, sparsity: float, group: list[dict[str, Any]], scored: int) -> str:
+    """A mean over some seeds would pass for the mean over all: say which seeds lack scores, and why."""
+    reasons: dict[str, list[str]] = defaultdict(list)
+    for cell in group:
+        if "scores" not in cell.get("tasks", {}):
+            reasons[cell.get("tasks", {}).get("unavailable", "not scored")].append(str(cell["seed"]))
+    why = "; ".join(f"seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)}: {reason}" for reason, seeds in reasons.items())
+    return f"- Zero-shot tasks of {method} at {sparsity:g}: {scored} of {len(group)} seeds ({why})."
 
 
 def _domain_tables(cells: Cells) -> list[str]:

@@ -18,6 +18,7 @@ from evop_hub.errors import EvopError
 from evop_hub.evaluate import PerplexityConfig, perplexity
 from evop_hub.models import LoadedModel, SourceInfo, drop_blocks
 from evop_hub.report.compare import CompareConfig, compare
+from evop_hub.report import tables
 from evop_hub.report.tables import regenerate, render
 
 from ..calibration.conftest import topical_corpus, word_tokenizer
@@ -130,6 +131,7 @@ def test_report_regenerates_from_json(run):
     assert str(cell["mask"]) in written
     assert "Zero-shot tasks: not requested" in written
     assert " ± " in written  # two seeds: mean ± spread
+    assert f"{results['config']['eval'][0]} (plain): {WINDOWS} × {SEQ} tokens" in written  # each corpus's text form
 
 
 def test_resume_reuses_finished_cells_and_computes_only_new_ones(run, corpora, tokenizer, monkeypatch):
@@ -197,16 +199,55 @@ def test_unreachable_task_data_is_reported_not_fatal(corpora, tokenizer, tmp_pat
 
     def offline(*args, **kwargs):
         calls.append(1)
-        raise EvopError("cannot fetch task data from the Hugging Face Hub (offline)")
+        raise tasks_module.TasksUnavailable("cannot fetch task data from the Hugging Face Hub (offline)")
 
     monkeypatch.setattr(tasks_module, "tasks", offline)
     config = small_config(corpora, methods=["sleb"], sparsities=[0.2], seeds=[0], ablations=False, fig1a=False,
                           fig1c=False, speed=False, tasks=["arc_easy"])
     results = compare(tiny_loaded(tokenizer), config, tmp_path / "r", progress=False)
     assert len(calls) == 1  # tried once on the dense model, then not again
-    assert all(c["tasks"] == {"unavailable": "EvopError: cannot fetch task data from the Hugging Face Hub (offline)"}
+    assert all(c["tasks"] == {"unavailable": "cannot fetch task data from the Hugging Face Hub (offline)"}
                for c in results["cells"])
-    assert "unavailable: EvopError: cannot fetch task data" in (tmp_path / "r" / "report.md").read_text()
+    assert "unavailable: cannot fetch task data" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_a_model_failing_its_tasks_stops_the_run_and_marks_nothing_else(corpora, tokenizer, tmp_path, monkeypatch):
+    """A failure while scoring one model (here a stand-in CUDA error on the third call) is not "task data
+    unavailable": the run stops there, the cells before it keep their scores, and --resume scores the rest."""
+    tasks_module = importlib.import_module("evop_hub.evaluate.tasks")
+    calls = []
+
+    def scored(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return tasks_module.TasksResult({"arc_easy": {"acc": 0.25 * len(calls)}}, {"arc_easy": 4},
+                                        {"acc": 0.25 * len(calls)}, 0, None, "stand-in")
+
+    monkeypatch.setattr(tasks_module, "tasks", scored)
+    config = small_config(corpora, methods=["sleb"], sparsities=[0.2], seeds=[0, 1, 2], ablations=False, fig1a=False,
+                          fig1c=False, speed=False, tasks=["arc_easy"], task_limit=4)
+    with pytest.raises(RuntimeError, match="CUDA error"):
+        compare(tiny_loaded(tokenizer), config, tmp_path / "r", progress=False)
+    assert sorted(p.stem for p in (tmp_path / "r" / "cells").glob("*.json")) == ["dense", "sleb-random-s0.2-seed0"]
+    results = compare(tiny_loaded(tokenizer), config, tmp_path / "r", resume=True, progress=False)
+    accuracies = [c["tasks"]["mean"]["acc"] for c in results["cells"]]
+    assert accuracies == [0.25, 0.5, 1.0, 1.25]  # dense, then seeds 0, 1 (retried after the failure) and 2
+    report = (tmp_path / "r" / "report.md").read_text()
+    assert "| sleb | 0.2 (blocks) |" in report and "0.9167 ± 0.3819" in report  # the three seeds' 0.5, 1.0, 1.25
+    assert "only the first 4 examples of each task" in report
+
+
+def test_table1_says_which_seeds_lack_task_scores():
+    cells = [{"method": "dense", "sampler": "random", "sparsity": 0.0, "cluster": None, "seed": 0,
+              "tasks": {"scores": {"piqa": {"acc": 0.7}}, "mean": {"acc": 0.7}}}]
+    cells += [{"method": "sleb", "sampler": "random", "sparsity": 0.2, "cluster": None, "seed": seed,
+               "tasks": {"scores": {"piqa": {"acc": 0.6}}, "mean": {"acc": 0.6}} if seed == 0
+               else {"unavailable": "an older run's reason"}} for seed in (0, 1, 2)]
+    lines = "\n".join(tables._table1(tables.Cells({"config": {"tasks": ["piqa"], "methods": ["sleb"], "sparsities": [0.2],
+                                                               "baseline_sampler": "random", "speed": False},
+                                                   "cells": cells})))
+    assert "Zero-shot tasks of sleb at 0.2: 1 of 3 seeds (seeds 1, 2: an older run's reason)" in lines
 
 
 def test_config_toml_round_trip_and_presets(tmp_path):
