@@ -192,13 +192,16 @@ def ppl(
     if dense and not recorded:
         raise EvopError(f"--dense scores the source named in an evop-hub output's record; {model} has none")
 
-    def score(name: str, revision: Optional[str]) -> list:
+    def score(name: str, revision: Optional[str], dtype: str) -> tuple[list, str]:
         loaded = _load(name, revision, dtype, device_map, max_memory, offload_folder, trust_remote_code)
-        return [perplexity(loaded.model, loaded.tokenizer, c, config) for c in corpora]
+        scored = [perplexity(loaded.model, loaded.tokenizer, c, config) for c in corpora]
+        return scored, str(loaded.model.dtype).removeprefix("torch.")
 
-    results = score(model, revision)
+    results, used = score(model, revision, dtype)
     source = PruningRecord.load(model) if dense else None
-    dense_results = score(source.source_spec(model), source.source_revision) if source else None
+    # The source at the pruned model's dtype: with "auto" each would get its own checkpoint's, and the change
+    # the card shows would mix pruning with precision.
+    dense_results = score(source.source_spec(model), source.source_revision, used)[0] if source else None
     if recorded and max_windows is None:  # a quick look on part of a corpus is never published as the model's number
         record_perplexity(model, results, dense_results)
     if as_json:
@@ -207,7 +210,8 @@ def ppl(
             payload |= {"dense_model": source.source_model, "dense_results": [r.to_dict() for r in dense_results]}
         typer.echo(json.dumps(payload, indent=2))
     else:
-        rows = [{**r.to_dict(), "nll": f"{r.nll:.4f}", "ppl": f"{r.ppl:.3f}"} for r in results]
+        rows = [{**{k: v for k, v in r.to_dict().items() if k not in ("nll", "ppl")}, "nll": f"{r.nll:.4f}",
+                 "ppl": f"{r.ppl:.3f}"} for r in results]
         if dense_results:
             rows = [{**row, "dense_ppl": f"{d.ppl:.3f}"} for row, d in zip(rows, dense_results)]
         widths = {key: max(len(key), *(len(str(row[key])) for row in rows)) for key in rows[0]}
@@ -277,13 +281,16 @@ def speed(
     repeats: Annotated[int, typer.Option("--repeats", help="Timed runs per model; medians are reported.")] = 5,
     device: Annotated[Optional[str], typer.Option("--device", help="One device for both models: cpu, cuda, cuda:1 ... (default: cpu).")] = None,
     dtype: DtypeOpt = "auto",
+    trust_remote_code: TrustOpt = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Prefill and decode speed, latency and peak memory of a pruned model against its dense source."""
+    """Prefill and decode speed, latency and peak memory of a pruned model against its dense source, at one dtype
+    (with `--dtype auto`, the pruned model's)."""
     from .evaluate.speed import SpeedConfig
     from .evaluate.speed import speed as run_speed
 
-    config = SpeedConfig(batch_size, prompt_len, new_tokens, warmup, repeats, device=device, dtype=dtype)
+    config = SpeedConfig(batch_size, prompt_len, new_tokens, warmup, repeats, device=device, dtype=dtype,
+                         trust_remote_code=trust_remote_code)
     result = run_speed(dense, compare, config)
     typer.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.table())
     _recorded_note(compare, "speed")

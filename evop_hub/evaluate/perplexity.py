@@ -54,6 +54,7 @@ class PerplexityResult:
     tokens: int  # predicted (scored) tokens
     nll: float  # mean NLL per scored token, in nats
     ppl: float
+    dtype: str | None = None  # the model's weights (records before it was recorded lack it)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -127,7 +128,8 @@ def perplexity(
         total += nll_sum.item()
         tokens += count
     nll = total / tokens
-    return PerplexityResult(corpus.name, corpus.split, corpus.form, seq_len, len(windows), tokens, nll, math.exp(nll))
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    return PerplexityResult(corpus.name, corpus.split, corpus.form, seq_len, len(windows), tokens, nll, math.exp(nll), dtype)
 
 
 def record_perplexity(
@@ -137,14 +139,14 @@ def record_perplexity(
     and the source model's on the same windows as ``dense`` when given.
 
     A ``dense`` figure already there is kept only if it was measured with the same window
-    length and text form; otherwise the two numbers would not be comparable.
+    length, text form and dtype; otherwise the two numbers would not be comparable.
     """
     record = PruningRecord.load(directory)
     table = record.scores.setdefault("perplexity", {})
     for i, result in enumerate(results):
         key = f"{result.corpus}:{result.split}"
         old = table.get(key) if isinstance(table.get(key), dict) else {}
-        same = (old.get("seq_len"), old.get("form")) == (result.seq_len, result.form)
+        same = (old.get("seq_len"), old.get("form"), old.get("dtype", result.dtype)) == (result.seq_len, result.form, result.dtype)
         kept = {"dense": dense[i].ppl} if dense else {"dense": old["dense"]} if same and "dense" in old else {}
         table[key] = {**kept, "pruned": result.ppl, **result.to_dict()}
     record.save(directory)

@@ -18,7 +18,7 @@ import inspect
 import re
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,8 @@ class SpeedConfig:
     repeats: int = 5
     seed: int = 0
     device: str | None = None  # where to load models given as paths; in-memory models stay where they are
-    dtype: str = "auto"  # dtype for models given as paths
+    dtype: str = "auto"  # dtype for models given as paths ("auto": the pruned model's, for both)
+    trust_remote_code: bool = False  # models given as paths whose code lives in their repo (SliceGPT outputs)
 
 
 @dataclass
@@ -75,6 +76,7 @@ class SpeedResult:
     pruned: ModelSpeed
     speedup: dict[str, float]
     parameters_removed: float
+    dtype: str | None = None  # both models' (records before it was recorded lack it)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -104,7 +106,8 @@ class SpeedResult:
         lines += [f"| {' | '.join(r)} |" for r in rows]
         lines += [
             "",
-            f"batch {c.batch_size}, prompt {c.prompt_len}, new tokens {c.new_tokens}; "
+            f"batch {c.batch_size}, prompt {c.prompt_len}, new tokens {c.new_tokens}"
+            f"{f', {self.dtype}' if self.dtype else ''}; "
             f"median of {c.repeats} after {c.warmup} warm-up; {self.device} ({self.hardware})",
             f"timer: {self.timer}; memory: {self.memory_method}",
         ]
@@ -240,9 +243,14 @@ def speed(dense: Any, pruned: Any, config: SpeedConfig | None = None) -> SpeedRe
     """
     c = config or SpeedConfig()
     _check_workload(c)
-    load_config = LoadConfig(dtype=c.dtype, device_map=c.device)
-    dense_model, _, _ = open_model(dense, load_config=load_config)
+    load_config = LoadConfig(dtype=c.dtype, device_map=c.device, trust_remote_code=c.trust_remote_code)
     pruned_model, _, target = open_model(pruned, load_config=load_config)
+    # One dtype for both: "auto" would give each its own checkpoint's, and bf16 against float32 is no speedup.
+    dtype = str(pruned_model.dtype).removeprefix("torch.")
+    dense_model, _, _ = open_model(dense, load_config=replace(load_config, dtype=dtype))
+    if dense_model.dtype != pruned_model.dtype:
+        raise EvopError(f"the dense model is {dense_model.dtype}, the pruned one {pruned_model.dtype}; "
+                        "time them at one dtype (cast one, or pass both as paths with --dtype)")
     models = {"dense": dense_model, "pruned": pruned_model}
     for model in models.values():
         _check_context(c, model)
@@ -292,6 +300,7 @@ def speed(dense: Any, pruned: Any, config: SpeedConfig | None = None) -> SpeedRe
             "latency": d.latency_s / p.latency_s,
         },
         parameters_removed=1 - p.parameters / d.parameters,
+        dtype=dtype,
     )
     record_scores(target, "speed", result.to_dict())
     return result

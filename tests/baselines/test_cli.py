@@ -69,6 +69,10 @@ def test_slicegpt_output_loads_with_remote_code_and_evaluates(setup):
                                    "--max-windows", "2", "--trust-remote-code", "--json"])
     assert ppl.exit_code == 0, ppl.output
     assert json.loads(ppl.stdout)["results"][0]["windows"] == 2
+    timed = CliRunner().invoke(app, ["speed", str(setup / "model"), "--compare", str(directory), "--prompt-len", "8",
+                                     "--new-tokens", "2", "--warmup", "0", "--repeats", "1", "--trust-remote-code", "--json"])
+    assert timed.exit_code == 0, timed.output
+    assert json.loads(timed.stdout)["pruned"]["parameters"] == record.parameters_after
 
 
 def test_pattern_is_refused_where_it_means_nothing(setup):

@@ -169,7 +169,7 @@ def test_cli_prints_a_table_and_json(model_dir, tmp_path):
     ]
 
     table = CliRunner().invoke(app, args).stdout.splitlines()
-    assert table[0].split() == ["corpus", "split", "form", "seq_len", "windows", "tokens", "nll", "ppl"]
+    assert table[0].split() == ["corpus", "split", "form", "seq_len", "windows", "tokens", "dtype", "nll", "ppl"]
     assert [line.split()[3] for line in table[1:]] == [str(SEQ), str(SEQ)]
     assert [line.split()[-1] for line in table[1:]] == [f"{r['ppl']:.3f}" for r in got]
 
@@ -252,3 +252,28 @@ def test_cli_dense_scores_the_source_on_the_same_windows(model_dir, tmp_path):
     assert f"{entry['pruned'] / entry['dense'] - 1:+.1%}" in str(render(PruningRecord.load(out)))
     refused = CliRunner().invoke(app, ["ppl", str(model_dir), "--corpus", str(corpus_file), "--dense"])
     assert isinstance(refused.exception, EvopError) and "--dense" in str(refused.exception)
+
+
+def test_cli_dense_scores_the_source_at_the_pruned_models_dtype(tmp_path):
+    """A bfloat16 source pruned and saved in float32: with --dtype auto each would load in its own dtype, and
+    the card's change would mix pruning with precision. The source is scored in float32 too, and both say so."""
+    import evop_hub
+    from evop_hub.models import LoadConfig, load
+    from evop_hub.record import PruningRecord
+
+    source = tmp_path / "bf16"
+    tiny_llama(layers=4).to(torch.bfloat16).save_pretrained(source)
+    word_tokenizer(bos=False).save_pretrained(source)
+    loaded = evop_hub.load(str(source), LoadConfig(dtype="float32"))
+    evop_hub.drop(loaded, [1])
+    out = evop_hub.save(loaded, tmp_path / "pruned", command="evop-hub drop")
+    corpus_file = tmp_path / "a.txt"
+    corpus_file.write_text(words_corpus(600).text, encoding="utf-8")
+    result = CliRunner().invoke(app, ["ppl", str(out), "--corpus", str(corpus_file), "--seq-len", str(SEQ), "--dense"])
+    assert result.exit_code == 0, result.output
+    entry = PruningRecord.load(out).scores["perplexity"][f"{corpus_file}:all"]
+    as_float32 = load(str(source), LoadConfig(dtype="float32"))
+    expected = perplexity(as_float32.model, as_float32.tokenizer, load_corpus(str(corpus_file)), PerplexityConfig(seq_len=SEQ))
+    as_saved = load(str(source))
+    assert as_saved.model.dtype == torch.bfloat16  # what "auto" gives the source on its own
+    assert entry["dense"] == expected.ppl and entry["dtype"] == "float32"

@@ -82,6 +82,21 @@ def test_cli_records_into_pruned_directory(tmp_path):
     assert in_memory.record.scores["speed"]["pruned"]["blocks"] == 3
 
 
+def test_both_models_are_timed_at_one_dtype(tmp_path):
+    """A bfloat16 source pruned and saved in float32: "auto" loads the source at the pruned model's dtype,
+    and two in-memory models of different dtypes are refused rather than compared."""
+    source = loaded(4)
+    source.model.to(torch.bfloat16)
+    save(source, tmp_path / "dense")
+    pruned = drop(loaded(4), [1, 2])
+    save(pruned, tmp_path / "pruned")
+    result = speed(str(tmp_path / "dense"), str(tmp_path / "pruned"), SMALL)
+    assert result.dtype == "float32" and PruningRecord.load(tmp_path / "pruned").scores["speed"]["dtype"] == "float32"
+    assert ", float32;" in result.table()
+    with pytest.raises(EvopError, match="one dtype"):
+        speed(tiny_llama(4).to(torch.bfloat16), tiny_llama(2), SMALL)
+
+
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="CPU peak memory is measured on Linux only")
 def test_cpu_peak_memory_sees_a_freed_allocation_and_resets():
     memory = _PeakMemory(torch.device("cpu"))
