@@ -32,9 +32,10 @@ class PruningRecord:
     """
 
     source_model: str
-    architecture: str
+    architecture: str  # the model class
     num_blocks: int
     dropped_blocks: list[int]
+    model_type: str | None = None  # the config's, e.g. gpt_neox: the Hub's architecture tag
     source_revision: str | None = None
     source_hub_id: str | None = None  # the Hub repo the weights come from, when known
     source_format: str = "transformers"  # or "gguf:<quant>" when dequantized from a GGUF file

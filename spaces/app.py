@@ -29,12 +29,17 @@ def read_record(model: str, revision: str | None = None, token: str | None = Non
     return json.loads(Path(path).read_text())
 
 
+def device() -> str:
+    """The Space's GPU when it has one (paid GPU hardware), else its CPU."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def load(name: str, revision: str | None = None, token: str | None = None, trust_remote_code: bool = False):
     tokenizer = AutoTokenizer.from_pretrained(name, revision=revision, token=token)
     model = AutoModelForCausalLM.from_pretrained(
         name, revision=revision, token=token, dtype="auto", trust_remote_code=trust_remote_code
     )
-    return model.eval(), tokenizer
+    return model.to(device()).eval(), tokenizer
 
 
 def encode(tokenizer, prompt: str, chat: bool) -> torch.Tensor:
@@ -60,6 +65,8 @@ def generate(model, tokenizer, prompt: str, max_new_tokens: int, sample: bool, t
         pad_token_id=pad,
         **options,
     )
+    if input_ids.device.type == "cuda":
+        torch.cuda.synchronize(input_ids.device)  # kernels still queued would otherwise fall outside the time
     seconds = time.perf_counter() - start
     new = out[0, input_ids.shape[1] :]
     return tokenizer.decode(new, skip_special_tokens=True), len(new) / seconds

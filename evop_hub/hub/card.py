@@ -43,7 +43,7 @@ TEMPLATE = """---
 ```python
 from transformers import AutoModelForCausalLM, AutoTokenizer
 model = AutoModelForCausalLM.from_pretrained("{{ load_id }}"{{ load_kwargs }})
-tokenizer = AutoTokenizer.from_pretrained("{{ load_id }}")
+tokenizer = AutoTokenizer.from_pretrained("{{ load_id }}"{{ tokenizer_kwargs }})
 ```
 
 {{ format_note }}
@@ -244,7 +244,7 @@ def card_data(record: PruningRecord, model_name: str, license_files: list[str] |
     calibration = (record.calibration or {}).get("corpus")
     dataset = corpus_dataset(str(calibration))[0] if calibration else None
     datasets = [dataset] if dataset in {hub_id for hub_id, _ in HUB_DATASETS.values()} else []
-    arch = record.architecture.removesuffix("ForCausalLM").lower()
+    arch = record.model_type or record.architecture.removesuffix("ForCausalLM").lower()  # records before model_type
     return ModelCardData(
         base_model=record.source_hub_id,
         library_name="transformers",
@@ -387,8 +387,10 @@ def _license_note(record: PruningRecord, copied: list[str] | None) -> str:
     return lead + " The base repository has no separate license file."
 
 
-def render(record: PruningRecord, repo_id: str | None = None, license_files: list[str] | None = None) -> ModelCard:
-    """The card for a record. ``repo_id`` goes in the loading snippet; ``license_files`` None means unknown."""
+def render(record: PruningRecord, repo_id: str | None = None, license_files: list[str] | None = None,
+           revision: str | None = None) -> ModelCard:
+    """The card for a record. ``repo_id`` (and a ``revision`` other than main: the branch pushed to) go in the
+    loading snippet; ``license_files`` None means unknown."""
     kept = record.kept_blocks
     name = repo_id.split("/")[-1] if repo_id else default_repo_name(record)
     base = record.source_hub_id or record.source_model
@@ -415,7 +417,9 @@ def render(record: PruningRecord, repo_id: str | None = None, license_files: lis
         title=name,
         summary=summary,
         load_id=repo_id or "path/to/this/directory",
-        load_kwargs=", trust_remote_code=True" if "trust_remote_code" in format_note else "",
+        load_kwargs=(f", revision={revision!r}" if revision and revision != "main" else "")
+        + (", trust_remote_code=True" if "trust_remote_code" in format_note else ""),
+        tokenizer_kwargs=f", revision={revision!r}" if revision and revision != "main" else "",
         format_note=format_note,
         width=width,
         width_summary=search.get("summary", ""),

@@ -125,7 +125,8 @@ def _scrub(text: str, token: str | None) -> str:
 def resolve_repo_id(config: PushConfig, name: str) -> tuple[str, str | None]:
     """(USER/NAME to push to, token). ``name`` is used when --repo-id has no namespace or is unset.
 
-    Without a token only a dry run goes on, with a placeholder user.
+    Without a token only a dry run goes on, with a placeholder user; a dry run asks the Hub for the token's
+    account only when --repo-id names no namespace, and not in offline mode (HF_HUB_OFFLINE).
     """
     from huggingface_hub import HfApi, get_token
     from huggingface_hub.utils import validate_repo_id
@@ -134,15 +135,13 @@ def resolve_repo_id(config: PushConfig, name: str) -> tuple[str, str | None]:
     if token is None and not config.dry_run:
         raise EvopError("no Hugging Face token: set HF_TOKEN or run `hf auth login`, then push again")
     repo_id = config.repo_id
-    if token is None:  # a dry run
-        user = "{your-user}"
-    else:  # asked even when --repo-id names the namespace: a rejected token fails now, not after the search
+    named = repo_id is not None and "/" in repo_id
+    if not named and (token is None or (config.dry_run and is_offline_mode())):
+        return f"{{your-user}}/{repo_id or name}", token
+    if not (config.dry_run and named):  # asked even when --repo-id names the namespace: a rejected token fails now
         with hub_errors("read the account of the token", None, token):
             user = HfApi(token=token).whoami()["name"]
-    if repo_id is None or "/" not in repo_id:
-        if token is None:
-            return f"{user}/{repo_id or name}", None
-        repo_id = f"{user}/{repo_id or name}"
+        repo_id = repo_id if named else f"{user}/{repo_id or name}"
     with hub_errors("check the repo id", repo_id, token):
         validate_repo_id(repo_id)
     return repo_id, token
@@ -189,7 +188,7 @@ def push(output_dir: str | Path, config: PushConfig | None = None) -> PushResult
     extra = {} if present else base_license_files(record, output_dir)
     license_names = present or (sorted(extra) if extra is not None else None)
     extra = extra or {}
-    card = str(render(record, repo_id=repo_id, license_files=license_names)).encode()
+    card = str(render(record, repo_id=repo_id, license_files=license_names, revision=config.revision)).encode()
     model_files = sorted([*files, *extra, "README.md"])
 
     space = None

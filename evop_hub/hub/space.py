@@ -114,15 +114,15 @@ def space_files(
         license_name=record.license_name,
         license_link=license_link(record, None),  # the Space holds no license file: point into the base repo
         models=[m for m in (repo_id, base) if m],
-        short_description=f"{record.num_blocks - len(record.dropped_blocks)}-block pruned model vs. its base"[:60],
+        short_description=(f"{_pruned_kind(record)} pruned model" + (" vs. its base" if base else ""))[:60],
     )
     card = SpaceCard.from_template(
         data,
         template_str=(source / "README.md").read_text(),
         model=repo_id,
+        model_url=f"https://huggingface.co/{repo_id}" + (f"/tree/{revision}" if revision and revision != "main" else ""),
         base=base,
-        dropped_count=len(record.dropped_blocks),
-        num_blocks=record.num_blocks,
+        pruning=_pruning(record),
         notes=notes,
     )
     config = {"model": repo_id, "revision": revision, "base": base, "base_revision": record.source_revision}
@@ -130,6 +130,20 @@ def space_files(
     files["README.md"] = str(card).encode()
     files[CONFIG_NAME] = (json.dumps(config, indent=2) + "\n").encode()
     return SpaceFiles(files, warnings, need)
+
+
+def _pruned_kind(record: PruningRecord) -> str:
+    if record.sparsity_unit == "blocks":
+        return f"{record.num_blocks - len(record.dropped_blocks)}-block"
+    return f"{record.method}"
+
+
+def _pruning(record: PruningRecord) -> str:
+    """What was removed, as the README's sentence says it: blocks, or for a width baseline its unit."""
+    if record.sparsity_unit == "blocks":
+        return f"removing {len(record.dropped_blocks)} of the {record.num_blocks} transformer blocks of"
+    share = f"{record.sparsity:.0%} of the {record.sparsity_unit}" if record.sparsity is not None else record.sparsity_unit
+    return f"pruning {share} ({record.method}, every block kept) of"
 
 
 def _load_app():

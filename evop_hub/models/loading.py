@@ -120,6 +120,7 @@ class LoadedModel:
             license_name=self.source.license_name,
             license_link=self.source.license_link,
             architecture=type(self.model).__name__,
+            model_type=self.model.config.model_type,
             num_blocks=len(find_blocks(self.model)),
             dropped_blocks=[],
             parameters_before=count_parameters(self.model),

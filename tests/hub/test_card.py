@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-from huggingface_hub import ModelCard
+import torch
+from huggingface_hub import ModelCard, SpaceCard
 
 from evop_hub.hub.card import mapping_table, pattern_table, render
 from evop_hub.record import PruningRecord
@@ -36,7 +37,7 @@ def test_card_metadata_round_trips(make_output):
     data = card.data.to_dict()
     assert data["base_model"] == "meta-org/tiny-base"
     assert data["library_name"] == "transformers" and data["pipeline_tag"] == "text-generation"
-    assert {"pruned", "layer-pruning", "evop"} <= set(data["tags"])
+    assert {"pruned", "layer-pruning", "evop", "llama"} <= set(data["tags"])  # the config's model_type
     assert data["license"] == "llama2"
     assert "base_model_relation" not in data
     assert data["datasets"] == ["Salesforce/wikitext"]  # the calibration corpus; evaluation corpora are in model-index
@@ -228,6 +229,43 @@ def test_hub_split_names_and_width_pruning_tags():
     data = card_data(wanda, "m-evop-wanda-50pct").to_dict()
     assert "width-pruning" in data["tags"] and "layer-pruning" not in data["tags"]
     assert "datasets" not in data  # a local calibration file is never published as a dataset
+
+
+def test_architecture_tag_is_the_model_type():
+    from evop_hub.hub.card import card_data
+    from evop_hub.models import LoadedModel, SourceInfo
+
+    from ..models.conftest import build
+
+    record = LoadedModel(build("gpt_neox"), None, SourceInfo("m", "m")).record
+    assert record.model_type == "gpt_neox" and "gpt_neox" in card_data(record, "m").tags
+    old = PruningRecord(source_model="m", architecture="GPT2LMHeadModel", num_blocks=4, dropped_blocks=[1])
+    assert "gpt2lmheadmodel" in card_data(old, "m").tags  # a record written before model_type: the class
+
+
+@pytest.mark.parametrize("method, unit", [("wanda", "weights"), ("slicegpt", "hidden channels (residual stream)")])
+def test_space_readme_says_what_a_width_baseline_removed(make_output, method, unit):
+    from evop_hub.hub.space import space_files
+
+    out = make_output()
+    record = PruningRecord.load(out)
+    record.dropped_blocks, record.method, record.sparsity, record.sparsity_unit = [], method, 0.25, unit
+    readme = SpaceCard(space_files(out, record, "user/m", private=False).files["README.md"].decode())
+    assert readme.data.short_description == f"{method} pruned model"  # the local base is not on the Hub: no "vs."
+    text = " ".join(readme.text.split())  # the sentence is wrapped in the Markdown source
+    assert f"pruning 25% of the {unit} ({method}, every block kept) of its base model" in text
+    assert "removing 0 of" not in text and "pruned vs. base" not in text
+
+
+def test_space_app_puts_the_models_on_its_accelerator(make_output, monkeypatch):
+    """No GPU here: the `meta` device stands in for the CUDA device of a Space on GPU hardware."""
+    from evop_hub.hub.space import _load_app
+
+    app = _load_app()
+    assert app.device() == ("cuda" if torch.cuda.is_available() else "cpu")
+    monkeypatch.setattr(app, "device", lambda: "meta")
+    model, _ = app.load(str(make_output()))
+    assert {p.device.type for p in model.parameters()} == {"meta"}
 
 
 def test_space_shows_numbers_formatted():

@@ -181,6 +181,22 @@ def test_push_round_trip(make_output, hub_client, tmp_path):
     assert sum(method == "PUT" for method, *_ in hub.requests) == uploads  # the weights were not re-sent
     assert hub.repos[("model", repo_id)].messages[-1] == "second look"
     assert FAKE_TOKEN not in again.stdout + again.stderr
+    # The card on the branch loads the branch: `main` holds the other evaluation.
+    assert f'from_pretrained("{repo_id}", revision=\'v2\')' in v2["README.md"].decode()
+
+
+def test_a_dry_run_needs_no_network_even_with_a_token(make_output, tmp_path):
+    """With a token set and --repo-id naming the namespace, the account is not asked for: a dead endpoint
+    (nothing listens on port 9) does not matter. Offline without a namespace, the user is a placeholder."""
+    out = make_output()
+    named = run_cli(["push", str(out), "--dry-run", "--repo-id", f"{USER}/named"], tmp_path, "http://127.0.0.1:9")
+    assert named.returncode == 0, named.stderr
+    assert named.stdout.splitlines()[0] == f"dry run: would upload to model repo {USER}/named:"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_TOKEN": FAKE_TOKEN, "HF_HOME": str(tmp_path / "hf_home")}
+    unnamed = subprocess.run([sys.executable, "-m", "evop_hub.cli", "push", str(out), "--dry-run"], capture_output=True,
+                             text=True, timeout=120, env=env)
+    assert unnamed.returncode == 0, unnamed.stderr
+    assert unnamed.stdout.splitlines()[0].startswith("dry run: would upload to model repo {your-user}/")
 
 
 @pytest.mark.parametrize(
