@@ -4,6 +4,7 @@ is expected (records, cards, calibration sets, search checkpoints, cached embedd
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,3 +21,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def temp_dir(parent: str | Path, prefix: str) -> Path:
+    """A new directory in ``parent``, to be renamed into place when complete. mkdtemp makes it private
+    (0700); it gets the mode a plain mkdir would under the user's umask, as the directory it becomes."""
+    path = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod(0o777 & ~umask)
+    return path

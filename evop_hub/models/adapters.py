@@ -138,4 +138,25 @@ def cut_config(config: Any, keep: Sequence[int]) -> None:
             continue
         if isinstance(value, (list, tuple)) and len(value) == n:
             setattr(config, name, type(value)(value[i] for i in keep))
+    _pattern_after_cut(config)
     config.num_hidden_layers = len(keep)
+
+
+PATTERN_FIELDS = ("sliding_window_pattern", "_sliding_window_pattern")
+
+
+def _pattern_after_cut(config: Any) -> None:
+    """Gemma-style configs also state ``layer_types`` as a period (every p-th layer full attention). transformers
+    reads ``layer_types``, but other loaders derive the types from the period: keep a period that still gives
+    the cut ``layer_types``, or drop it when none does."""
+    types = getattr(config, "layer_types", None)
+    stated = [name for name in PATTERN_FIELDS if isinstance(vars(config).get(name), int)]
+    if not types or not stated:
+        return
+    fits = [p for p in range(1, len(types) + 1)
+            if [("sliding_attention" if (i + 1) % p else "full_attention") for i in range(len(types))] == list(types)]
+    for name in stated:
+        if fits:
+            setattr(config, name, fits[0])
+        else:
+            delattr(config, name)

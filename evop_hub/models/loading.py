@@ -13,7 +13,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from typing import Any
 import torch
 
 from ..errors import EvopError
-from ..files import atomic_path
+from ..files import atomic_path, temp_dir
 from ..record import RECORD_NAME, PruningRecord
 from .adapters import find_blocks
 
@@ -307,7 +306,7 @@ def convert_gguf(gguf_path: Path) -> Path:
             "is it complete and a supported architecture?"
         ) from exc
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+    tmp = temp_dir(target.parent, ".tmp-")
     try:
         tokenizer.save_pretrained(tmp)
         # Checked as saved, which is what every later load gets.

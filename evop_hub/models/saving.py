@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from ..errors import EvopError
+from ..files import temp_dir
 from ..hub.card import write_card
 from ..record import STATE_DIR
 from .loading import LoadedModel
@@ -73,7 +73,7 @@ def save(loaded: LoadedModel, output: str | Path, *, command: str | None = None,
         # Commands run later from elsewhere (card, space, ppl --dense) find the source through this.
         loaded.record.source_relative = os.path.relpath(source.resolve(), output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.tmp-"))
+    tmp = temp_dir(output.parent, f".{output.name}.tmp-")
     try:
         loaded.model.save_pretrained(tmp)
         loaded.tokenizer.save_pretrained(tmp)

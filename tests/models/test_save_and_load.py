@@ -46,7 +46,11 @@ def test_save_writes_standard_checkpoint_and_record(llama_dir, tmp_path):
     ids = ids_for(loaded.model)
     expected = bypassed_logits(loaded.model, DROP, ids)
     evop_hub.drop(loaded, DROP)
-    out = evop_hub.save(loaded, prepare_output(tmp_path / "pruned"), command="evop-hub drop x --layers 1,4")
+    umask = os.umask(0o022)
+    try:
+        out = evop_hub.save(loaded, prepare_output(tmp_path / "pruned"), command="evop-hub drop x --layers 1,4")
+    finally:
+        os.umask(umask)
 
     record = json.loads((out / RECORD_NAME).read_text())
     assert record["dropped_blocks"] == DROP
@@ -55,6 +59,7 @@ def test_save_writes_standard_checkpoint_and_record(llama_dir, tmp_path):
     assert record["parameters_after"] < record["parameters_before"]
     assert record["command"] == "evop-hub drop x --layers 1,4"
     assert not list(tmp_path.glob(".pruned.tmp-*")), "temporary directory left behind"
+    assert out.stat().st_mode & 0o777 == 0o755  # as mkdir makes it under umask 022, not a temporary directory's 0700
 
     # A fresh interpreter with plain transformers, no evop_hub import, loads it and generates.
     script = (

@@ -121,6 +121,20 @@ def test_qwen3_moe_sparse_layers_survive_renumbering():
     assert ["moe" if "Moe" in type(b.mlp).__name__ else "dense" for b in find_blocks(rebuilt)] == kinds[1:]
 
 
+@pytest.mark.parametrize(("dropped", "period"), [([0, 3], 2), ([5], 3), ([1], None)])
+def test_gemma3_sliding_window_period_agrees_with_the_cut_layer_types(dropped, period):
+    """Gemma 3 also states its layer types as a period (every 3rd layer full here): kept where one still fits,
+    gone where none does, so a loader deriving the types from it cannot get them wrong."""
+    model = build("gemma3")
+    drop_blocks(model, dropped)
+    saved = model.config.to_dict()
+    types = saved["layer_types"]
+    for name in ("sliding_window_pattern", "_sliding_window_pattern"):
+        assert saved.get(name) == period
+    if period:
+        assert types == ["sliding_attention" if (i + 1) % period else "full_attention" for i in range(len(types))]
+
+
 def test_gpt2_inverse_layer_scaling_is_refused():
     model = build("gpt2")
     model.config.scale_attn_by_inverse_layer_idx = True
