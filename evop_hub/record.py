@@ -19,6 +19,9 @@ from .files import atomic_path
 from .report.provenance import versions
 
 RECORD_NAME = "evop_pruning.json"
+# What a pruned model's record keeps of its source's record when that source was itself pruned by evop-hub.
+LINEAGE_KEYS = ("source_model", "source_hub_id", "source_revision", "source_format", "num_blocks", "dropped_blocks",
+                "method", "sparsity", "sparsity_unit", "derived_from")
 STATE_DIR = ".evop"  # run state inside an output directory; never published
 SCHEMA_VERSION = 1
 
@@ -40,6 +43,7 @@ class PruningRecord:
     source_hub_id: str | None = None  # the Hub repo the weights come from, when known
     source_format: str = "transformers"  # or "gguf:<quant>" when dequantized from a GGUF file
     source_relative: str | None = None  # a local source directory, as a path relative to the output directory
+    derived_from: dict[str, Any] | None = None  # the source's own record (LINEAGE_KEYS), when it is an evop-hub output
     license: str | None = None  # the base's terms, as its card metadata states them
     license_name: str | None = None
     license_link: str | None = None
@@ -66,6 +70,23 @@ class PruningRecord:
             if beside.is_dir():
                 return str(beside)
         return self.source_model
+
+    def lineage(self) -> dict[str, Any]:
+        """What this record says of its source, in the form ``derived_from`` keeps for the next pruning of it."""
+        return {key: getattr(self, key) for key in LINEAGE_KEYS}
+
+    def chain(self) -> list[dict[str, Any]]:
+        """This record's source, then its source's source ... while they were evop-hub outputs."""
+        links = [self.lineage()]
+        while links[-1].get("derived_from"):
+            links.append(links[-1]["derived_from"])
+        return links
+
+    def hub_base(self) -> tuple[str | None, str | None]:
+        """(Hub id, revision) of the nearest model of the chain on the Hub: the card's base_model, and where a
+        license link points, when this model was pruned from a local evop-hub output."""
+        return next(((link["source_hub_id"], link["source_revision"]) for link in self.chain() if link.get("source_hub_id")),
+                    (None, None))
 
     @property
     def kept_blocks(self) -> list[int]:

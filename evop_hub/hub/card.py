@@ -232,8 +232,9 @@ def license_link(record: PruningRecord, license_files: list[str] | None) -> str 
     link = record.license_link
     if not link or "://" in link or link in (license_files or []):
         return link
-    if record.source_hub_id:
-        return f"https://huggingface.co/{record.source_hub_id}/blob/{record.source_revision or 'main'}/{link}"
+    hub_id, revision = record.hub_base()
+    if hub_id:
+        return f"https://huggingface.co/{hub_id}/blob/{revision or 'main'}/{link}"
     return None
 
 
@@ -246,7 +247,7 @@ def card_data(record: PruningRecord, model_name: str, license_files: list[str] |
     datasets = [dataset] if dataset in {hub_id for hub_id, _ in HUB_DATASETS.values()} else []
     arch = record.model_type or record.architecture.removesuffix("ForCausalLM").lower()  # records before model_type
     return ModelCardData(
-        base_model=record.source_hub_id,
+        base_model=record.hub_base()[0],
         library_name="transformers",
         pipeline_tag="text-generation",
         license=record.license,
@@ -362,19 +363,37 @@ def _parameters(record: PruningRecord) -> str:
 
 
 def _source_note(record: PruningRecord) -> str:
-    fmt = record.source_format or "transformers"
+    origin = record.chain()[-1]  # GGUF dequantization carries through every later pruning
+    fmt = origin.get("source_format") or "transformers"
     if fmt.startswith("gguf"):
         quant = fmt.partition(":")[2] or "quantized"
         return (
             f"> **Note**: the weights were dequantized from a {quant} GGUF file of "
-            f"`{record.source_hub_id or record.source_model}`, not taken from the "
+            f"`{origin.get('source_hub_id') or origin['source_model']}`, not taken from the "
             "original full-precision checkpoint; they carry that quantization error."
         )
     return ""
 
 
+def _lineage_note(record: PruningRecord) -> str:
+    """Block numbers count from the source; when the source was itself pruned, say what it was."""
+    steps = []
+    for link in record.chain()[1:]:
+        name = link.get("source_hub_id") or link["source_model"]
+        if link.get("sparsity_unit", "blocks") == "blocks":
+            steps.append(f"`{name}` with blocks {link['dropped_blocks']} of its {link['num_blocks']} removed ({link['method']})")
+        else:
+            share = f"{link['sparsity']:.0%} of its {link['sparsity_unit']}" if link.get("sparsity") is not None else link["sparsity_unit"]
+            steps.append(f"`{name}` with {share} pruned ({link['method']})")
+    if not steps:
+        return ""
+    return (f" Its source `{record.source_model}` was itself made by evop-hub: " + ", made from ".join(steps)
+            + "; block numbers below count from that source.")
+
+
 def _license_note(record: PruningRecord, copied: list[str] | None) -> str:
-    base = f"[{record.source_hub_id}](https://huggingface.co/{record.source_hub_id})" if record.source_hub_id else "the base model"
+    hub_id = record.hub_base()[0]
+    base = f"[{hub_id}](https://huggingface.co/{hub_id})" if hub_id else "the base model"
     terms = f"{record.license} ({record.license_name})" if record.license_name else record.license
     lead = f"`{terms}`, inherited from {base}." if record.license else f"Same terms as {base}."
     link = license_link(record, copied)
@@ -407,6 +426,7 @@ def render(record: PruningRecord, repo_id: str | None = None, license_files: lis
         format_note = search.get("format", "")
     else:
         format_note = f"It is a standard `{record.architecture}` checkpoint: no custom code, no evop-hub needed to use it."
+    summary += _lineage_note(record)
     speed = (record.scores or {}).get("speed")
     if speed and speed.get("speedup", {}).get("decode"):
         summary += f" It decodes {speed['speedup']['decode']:.2f}× as fast as the source ({speed.get('hardware', speed.get('device'))})."

@@ -98,6 +98,7 @@ class SourceInfo:
     license: str | None = None
     license_name: str | None = None  # the Hub's keys for a license of type `other`
     license_link: str | None = None
+    derived_from: dict[str, Any] | None = None  # an evop-hub output's own record (PruningRecord.lineage())
 
 
 @dataclass
@@ -118,6 +119,7 @@ class LoadedModel:
             license=self.source.license,
             license_name=self.source.license_name,
             license_link=self.source.license_link,
+            derived_from=self.source.derived_from,
             architecture=type(self.model).__name__,
             model_type=self.model.config.model_type,
             num_blocks=len(find_blocks(self.model)),
@@ -466,9 +468,11 @@ def load(name: str, config: LoadConfig | None = None) -> LoadedModel:
     tokenizer.name_or_path = model.name_or_path = name  # records cite what the user typed, not a cache path
     if (Path(source.path) / RECORD_NAME).is_file():
         # An evop-hub output is its own source (block numbers count from it), but its weights keep the
-        # license of the model they came from: a card made from it again must say so.
+        # license of the model they came from, and its record says what was done to them: a card made from it
+        # again must say both.
         record = PruningRecord.load(source.path)
         terms = {key: getattr(record, key) for key in LICENSE_KEYS}
+        source.derived_from = record.lineage()
     elif source.format == "transformers":
         if source.hub_id:
             source.revision = _commit(source) or source.revision

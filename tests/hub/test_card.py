@@ -274,3 +274,26 @@ def test_space_shows_numbers_formatted():
     text = _load_app().scores_markdown({"scores": {"calibration_loss": {"dense": 3.0012345, "pruned": 3.2101234},
                                                    "perplexity": {"c4:valid": {"dense": 30.0, "pruned": 36.51234}}}})
     assert "Calibration loss: 3.2101 (base: 3.0012)" in text and "| c4:valid | 30.00 | 36.51 |" in text
+
+
+def test_pruning_an_output_again_keeps_its_lineage(make_output, tmp_path):
+    """An output of a GGUF-derived Hub model, pruned again: block numbers count from that output, and the new
+    record and card still name the Hub base (base_model), the GGUF quantization and the earlier pruning."""
+    import evop_hub
+
+    first = make_output(hub_base="meta-org/tiny-base", source_format="gguf:Q4_1", dropped=(1,))
+    loaded = evop_hub.load(str(first))
+    assert loaded.record.num_blocks == 3 and loaded.record.source_hub_id is None  # the output is its own source
+    evop_hub.drop(loaded, [0])
+    second = evop_hub.save(loaded, tmp_path / "second")
+    record = PruningRecord.load(second)
+    assert record.derived_from["source_hub_id"] == "meta-org/tiny-base" and record.derived_from["dropped_blocks"] == [1]
+    assert record.hub_base() == ("meta-org/tiny-base", None)
+    card = ModelCard.load(second / "README.md")
+    assert card.data.base_model == "meta-org/tiny-base"
+    assert "dequantized from a Q4_1 GGUF file of `meta-org/tiny-base`" in card.text
+    assert (f"Its source `{first}` was itself made by evop-hub: `meta-org/tiny-base` with blocks [1] of its 4 "
+            "removed (evop); block numbers below count from that source.") in card.text
+    third = evop_hub.load(str(second))  # two steps back
+    assert [link["source_model"] for link in third.record.chain()] == [str(second), str(first), "meta-org/tiny-base"]
+    assert third.record.hub_base() == ("meta-org/tiny-base", None)
