@@ -168,6 +168,7 @@ class _Clock:
     """Timestamps: CUDA events on GPU, ``perf_counter`` on CPU."""
 
     def __init__(self, device: torch.device) -> None:
+        self.device = device
         self.cuda = device.type == "cuda"
         self.name = "torch.cuda.Event" if self.cuda else "time.perf_counter"
 
@@ -175,7 +176,7 @@ class _Clock:
         if not self.cuda:
             return time.perf_counter()
         event = torch.cuda.Event(enable_timing=True)
-        event.record()
+        event.record(torch.cuda.current_stream(self.device))  # the models' device, which need not be the current one
         return event
 
     def seconds(self, start: Any, end: Any) -> float:
