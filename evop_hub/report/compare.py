@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from ..errors import EvopError
 from ..files import atomic_path
-from ..models import input_device
+from ..models import count_parameters, find_blocks, input_device
 from ..search import METHODS, SearchConfig, num_drop
 
 log = logging.getLogger(__name__)
@@ -434,6 +434,10 @@ def run_cell(ws: Workspace, key: CellKey) -> dict[str, Any]:
         "evaluations": evaluator.stats.evaluations - before["evaluations"],
         "block_forwards": evaluator.stats.block_forwards - before["block_forwards"],
         "heldout": _heldout_numbers(ws.heldout.score(result.mask)),
+        # Table 1's "parameters removed" without a pruned copy (speed off): the dropped blocks' own parameters
+        "parameters_before": count_parameters(ws.loaded.model),
+        "parameters_after": count_parameters(ws.loaded.model)
+        - sum(p.numel() for i in result.mask for p in find_blocks(ws.loaded.model)[i].parameters()),
     }
     if (c.speed or c.tasks) and key.cluster is None:
         pruned = copy.deepcopy(ws.loaded.model)
@@ -477,7 +481,6 @@ def compare(model: Any, config: CompareConfig, output: str | Path, *, resume: bo
 
     ``model`` is anything ``evop_hub.load`` takes, or a ``LoadedModel``. Returns the results dict.
     """
-    from ..models import find_blocks
     from .provenance import hardware, versions
 
     config.check()

@@ -107,6 +107,7 @@ def test_cell_perplexity_is_the_physically_pruned_models(run, corpora, tokenizer
     cell = next(c for c in results["cells"] if c["id"] == "evop-ccds-s0.4-seed1")
     pruned = copy.deepcopy(tiny_loaded(tokenizer).model)  # same seed: the same random model
     drop_blocks(pruned, cell["mask"])
+    assert cell["parameters_after"] == sum(p.numel() for p in pruned.parameters()) < cell["parameters_before"]
     for spec, value in cell["heldout"].items():
         reference = perplexity(pruned, tokenizer, load_corpus(spec), PerplexityConfig(seq_len=SEQ, max_windows=WINDOWS))
         assert value["nll"] == pytest.approx(reference.nll, rel=1e-5)
