@@ -7,14 +7,17 @@ resume (the calibration set, the search checkpoint, the trace) is kept in ``DIR/
 
 from __future__ import annotations
 
+import json
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from .calibration import CalibrationConfig, CalibrationSet, calibrate
 from .errors import EvopError
-from .models import LoadConfig, LoadedModel, drop, find_blocks, input_device, load, prepare_output, save, state_dir
+from .files import atomic_path
+from .models import LoadConfig, LoadedModel, drop, find_blocks, input_device, load, prepare_output, save
+from .models.saving import check_not_source, run_state
 from .record import PruningRecord
 from .search import METHODS, PoolEvaluator, SearchConfig, SearchResult, SerialEvaluator, num_drop, run_search
 
@@ -23,6 +26,7 @@ log = logging.getLogger(__name__)
 # Calibration corpora tried in order when none is given: the paper's, then an offline one.
 DEFAULT_CORPORA = ("wikitext2:train", "wiki-leads:train")
 CALIBRATION_FILE = "calibration.safetensors"
+CALIBRATION_REQUEST = "calibration_request.json"  # the options it was drawn with: a resumed run must ask the same
 DEFAULT_BLOCK_SPARSITY = 0.2  # the paper's 20 % setting
 
 
@@ -91,14 +95,16 @@ def _calibration(loaded: LoadedModel, config: PruneConfig, run_dir: Path | None)
     saved = run_dir / CALIBRATION_FILE if run_dir else None
     if config.calibration_file:
         return CalibrationSet.load(config.calibration_file, loaded.tokenizer)
+    # Everything the draw depends on (where the embeddings are cached does not change them).
+    request = {"corpus": config.corpus, **{k: v for k, v in asdict(config.calibration).items()
+                                          if k not in ("cache_dir", "batch_size")}}
     if saved and config.resume and saved.is_file():
-        calibration = CalibrationSet.load(saved, loaded.tokenizer)
-        c, meta = config.calibration, calibration.metadata
-        drawn = (meta.get("sampler"), meta.get("seed"), meta.get("k"), meta.get("n"), meta.get("seq_len"))
-        if drawn != (c.sampler, c.seed, c.clusters, c.samples_per_cluster, c.seq_len):
-            raise EvopError("the run to resume drew its calibration set with other --sampler/--seed/--clusters/"
-                            "--samples-per-cluster/--seq-len; resume with the same options, or --overwrite to start over")
-        return calibration
+        asked = run_dir / CALIBRATION_REQUEST
+        if not asked.is_file() or json.loads(asked.read_text()) != request:
+            raise EvopError("the run to resume drew its calibration set with other options (--corpus, --sampler, "
+                            "--calib-seed, --clusters, --seq-len, --embedder ...); resume with the same options, "
+                            "or --overwrite to start over")
+        return CalibrationSet.load(saved, loaded.tokenizer)
     corpora = [config.corpus] if config.corpus else list(DEFAULT_CORPORA)
     for i, corpus in enumerate(corpora):
         try:
@@ -112,6 +118,8 @@ def _calibration(loaded: LoadedModel, config: PruneConfig, run_dir: Path | None)
              calibration.metadata["corpus"], calibration.metadata["split"], *calibration.input_ids.shape)
     if saved:
         calibration.save(saved, overwrite=True)
+        with atomic_path(run_dir / CALIBRATION_REQUEST) as path:
+            path.write_text(json.dumps(request) + "\n")
     return calibration
 
 
@@ -134,12 +142,18 @@ def prune(model: str | LoadedModel, config: PruneConfig | None = None) -> PruneR
     loaded = model if isinstance(model, LoadedModel) else load(model, config.load)
     if loaded.record.dropped_blocks:
         raise EvopError("this model already had blocks removed; prune the original model instead")
+    if output:
+        check_not_source(output, loaded)
+    with run_state(output) as run_dir:
+        return _search_and_drop(loaded, config, output, run_dir)
+
+
+def _search_and_drop(loaded: LoadedModel, config: PruneConfig, output: Path | None, run_dir: Path | None) -> PruneResult:
     blocks = loaded.record.num_blocks
     k = num_drop(blocks, DEFAULT_BLOCK_SPARSITY if config.sparsity is None else config.sparsity, config.num_drop)
     per_block = sum(p.numel() for p in find_blocks(loaded.model).parameters()) / blocks
     log.info("dropping k=%d of %d blocks (about %.1f%% of parameters)", k, blocks,
              100 * k * per_block / loaded.record.parameters_before)
-    run_dir = state_dir(output) if output else None
     calibration = _calibration(loaded, config, run_dir)
     settings = {"batch_size": config.batch_size, "cache_bytes": int(config.cache_gib * (1 << 30))}
     if config.search_devices:

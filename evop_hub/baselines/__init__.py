@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..errors import EvopError
-from ..models import BlockRunner, LoadedModel, load, prepare_output, save, state_dir
+from ..models import BlockRunner, LoadedModel, load, prepare_output, save
+from ..models.saving import check_not_source
 from . import slicegpt as _slicegpt
 from . import wanda as _wanda
 from .slicegpt import SliceGPTConfig, slicegpt
@@ -81,7 +82,9 @@ def prune_baseline(model: str | LoadedModel, config: PruneConfig) -> PruneResult
     loaded = model if isinstance(model, LoadedModel) else load(model, config.load)
     if loaded.record.dropped_blocks:
         raise EvopError("this model already had blocks removed; prune the original model instead")
-    calibration = _calibration(loaded, config, state_dir(output) if output else None)
+    if output:
+        check_not_source(output, loaded)
+    calibration = _calibration(loaded, config, None)  # nothing resumes a width baseline: no run state
     ids = calibration.input_ids
     dense = calibration_loss(loaded.model, ids, config.batch_size)
     start = time.perf_counter()

@@ -47,6 +47,8 @@ class CalibrationConfig:
         for name in ("clusters", "samples_per_cluster", "seq_len", "sentences_per_chunk", "batch_size"):
             if getattr(self, name) < 1:
                 raise EvopError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
+        if self.seq_len < 2:  # a sample predicts its tokens after the first: one token scores nothing
+            raise EvopError(f"--seq-len must be at least 2, not {self.seq_len}")
         if self.cluster is not None and (self.sampler != "ccds" or not 0 <= self.cluster < self.clusters):
             raise EvopError(f"cluster {self.cluster} needs the ccds sampler and a number from 0 to {self.clusters - 1}")
 

@@ -154,13 +154,16 @@ class SerialEvaluator(Evaluator):
         self.prefix_bytes = 0
 
     def identity(self) -> list:
-        # The model by its class, size, dtype and a sample of its first weights (on every device, even offloaded).
-        first = next((p for p in self.model.parameters() if p.device.type != "meta"), None)
-        sample = first.detach().flatten()[:4096].float().cpu().numpy().tobytes() if first is not None else b""
+        # The model by its class, size, dtype and 256 evenly spaced values of every weight tensor it holds in
+        # memory (offloaded ones are on `meta`): a fine-tune that changed only some blocks differs too.
+        digest = hashlib.sha256()
+        for name, p in self.model.named_parameters():
+            if p.device.type != "meta":
+                flat = p.detach().flatten()
+                digest.update(name.encode() + flat[:: max(1, flat.numel() // 256)][:256].float().cpu().numpy().tobytes())
         parameters = sum(p.numel() for p in self.model.parameters())
-        return [type(self.model).__name__, parameters, str(next(self.model.parameters()).dtype),
-                hashlib.sha256(sample).hexdigest(), hashlib.sha256(self.input_ids.cpu().numpy().tobytes()).hexdigest(),
-                self.batch_size]
+        return [type(self.model).__name__, parameters, str(next(self.model.parameters()).dtype), digest.hexdigest(),
+                hashlib.sha256(self.input_ids.cpu().numpy().tobytes()).hexdigest(), self.batch_size]
 
     # ------------------------------------------------------------------ prefix cache
     def _remember(self, key: tuple, hidden: torch.Tensor) -> None:

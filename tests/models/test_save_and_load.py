@@ -90,19 +90,41 @@ def test_output_directory_is_protected(llama_dir, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "mine.txt").write_text("user data")
-    with pytest.raises(EvopError, match="--overwrite"):
-        prepare_output(out)
+    for flags in ({}, {"overwrite": True}):  # not an evop-hub output: even --overwrite may not touch it
+        with pytest.raises(EvopError, match="holds files evop-hub did not write"):
+            prepare_output(out, **flags)
     with pytest.raises(EvopError, match="holds no run to resume"):  # a typo in --output must not wipe a folder
         prepare_output(out, resume=True)
+    with pytest.raises(EvopError, match="holds no run to resume"):  # nor start hours of work from scratch
+        prepare_output(tmp_path / "typo", resume=True)
+    assert prepare_output(tmp_path / "fresh", resume=True, overwrite=True) == tmp_path / "fresh"  # or start over
     loaded = evop_hub.load(str(llama_dir))
-    with pytest.raises(EvopError, match="--overwrite"):  # the Python API guards it too
+    with pytest.raises(EvopError, match="did not write"):  # the Python API guards it too
         evop_hub.save(loaded, out)
     assert (out / "mine.txt").read_text() == "user data"
     (out / STATE_DIR).mkdir()
     (out / STATE_DIR / "state.json").write_text("{}")
     assert prepare_output(out, resume=True) == out
     evop_hub.save(loaded, prepare_output(out, overwrite=True), overwrite=True)
-    assert not (out / "mine.txt").exists() and (out / "config.json").is_file()
+    assert (out / "mine.txt").read_text() == "user data" and (out / "config.json").is_file()  # the user's file stays
+
+
+def test_replacing_an_output_keeps_the_users_files_and_drops_the_old_checkpoints(llama_dir, tmp_path):
+    loaded = evop_hub.load(str(llama_dir))
+    out = evop_hub.save(loaded, tmp_path / "out")
+    (out / "model-00001-of-00002.safetensors").write_bytes(b"a shard of an earlier, bigger save")
+    manifest = json.loads((out / STATE_DIR / "published.json").read_text())
+    (out / STATE_DIR / "published.json").write_text(json.dumps([*manifest, "model-00001-of-00002.safetensors"]))
+    (out / "notes.md").write_text("mine")
+    with pytest.raises(EvopError, match="already exists; pass --overwrite to replace it$"):  # no run: no --resume hint
+        prepare_output(out)
+    evop_hub.drop(loaded, [1])
+    evop_hub.save(loaded, prepare_output(out, overwrite=True), overwrite=True)
+    assert (out / "notes.md").read_text() == "mine"
+    assert not (out / "model-00001-of-00002.safetensors").exists()
+    assert PruningRecord.load(out).dropped_blocks == [1]
+    with pytest.raises(EvopError, match="source model's own directory"):
+        evop_hub.save(evop_hub.load(str(out)), out, overwrite=True)
 
 
 def test_run_state_survives_the_final_save(llama_dir, tmp_path):

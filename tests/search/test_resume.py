@@ -112,8 +112,24 @@ def test_resume_with_another_calibration_draw_is_refused(llama_dir, tmp_path):  
             "--clusters", "2", "--seq-len", "16", "--output", str(out), "--num-drop", "1", "--population", "4",
             "--generations", "1", "--quiet"]
     subprocess.run(base, check=True, capture_output=True)
-    result = subprocess.run([*base, "--resume", "--calib-seed", "1"], capture_output=True, text=True)
-    assert result.returncode == 2 and "drew its calibration set with other" in result.stderr
+    other = tmp_path / "other.txt"
+    other.write_text(corpus.read_text())
+    for change in (["--calib-seed", "1"], ["--corpus", str(other)]):  # the same draw options from another corpus too
+        result = subprocess.run([*base, "--resume", *change], capture_output=True, text=True)
+        assert result.returncode == 2 and "drew its calibration set with other" in result.stderr
+    assert subprocess.run([*base, "--resume"], capture_output=True).returncode == 0
+
+
+def test_a_run_that_fails_before_its_search_leaves_nothing_to_resume(llama_dir, tmp_path):  # noqa: F811
+    """A calibration error must not leave an empty run behind, or the retry is refused as "already exists"."""
+    out = tmp_path / "run"
+    base = [sys.executable, "-m", "evop_hub.cli", "prune", str(llama_dir), "--sampler", "random", "--clusters", "2",
+            "--seq-len", "16", "--output", str(out), "--num-drop", "1", "--population", "4", "--generations", "1", "--quiet"]
+    failed = subprocess.run([*base, "--corpus", str(tmp_path / "missing.txt")], capture_output=True, text=True)
+    assert failed.returncode == 2 and "not found" in failed.stderr and not out.exists()
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(" ".join(f"w{(7 * i + j) % 90}" for j in range(40)) for i in range(30)))
+    assert subprocess.run([*base, "--corpus", str(corpus)], capture_output=True).returncode == 0
 
 
 def test_an_existing_plot_is_not_replaced_without_overwrite(tmp_path):
@@ -136,8 +152,12 @@ def test_resume_on_another_batching_or_model_is_refused(tmp_path):
     ids = torch.randint(0, model.config.vocab_size, (6, 12), generator=torch.Generator().manual_seed(0))
     config = SearchConfig(method="sleb")
     run_search(SerialEvaluator(model, ids, batch_size=2), 2, config, state_dir=tmp_path, progress=False)
+    tuned = build("llama", layers=6)  # the same embeddings, another block: a fine-tune of the same base
+    with torch.no_grad():
+        tuned.model.layers[3].mlp.down_proj.weight.mul_(1.01)
     for other in (SerialEvaluator(model, ids, batch_size=1), SerialEvaluator(build("llama", layers=6, seed=1), ids, batch_size=2),
-                  SerialEvaluator(build("llama", layers=6).to(torch.bfloat16), ids, batch_size=2)):
+                  SerialEvaluator(build("llama", layers=6).to(torch.bfloat16), ids, batch_size=2),
+                  SerialEvaluator(tuned, ids, batch_size=2)):
         with pytest.raises(EvopError, match="another model, calibration set or settings"):
             run_search(other, 2, config, state_dir=tmp_path, resume=True, progress=False)
     again = run_search(SerialEvaluator(model, ids, batch_size=2), 2, config, state_dir=tmp_path, resume=True, progress=False)
