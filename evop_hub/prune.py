@@ -128,6 +128,8 @@ def prune(model: str | LoadedModel, config: PruneConfig | None = None) -> PruneR
     config = config or PruneConfig()
     from .baselines import BASELINES, prune_baseline  # width-pruning baselines (wanda, slicegpt): no block search
 
+    if config.batch_size < 1:
+        raise EvopError(f"--batch-size must be at least 1, not {config.batch_size}")
     if config.search.method in BASELINES:
         return prune_baseline(model, config)
     if config.search.method not in METHODS:  # settings are checked before anything slow starts

@@ -163,12 +163,33 @@ def _device_map(value: str | dict | None) -> str | dict | None:
             return json.loads(value)
         except json.JSONDecodeError as exc:
             raise EvopError(f"--device-map is not valid JSON ({exc.msg}); give a strategy, a device or a JSON map") from exc
-    if value in DEVICE_MAP_STRATEGIES or value in ("cpu", "mps", "disk") or value.startswith(("cuda", "xpu", "npu")):
+    if value in DEVICE_MAP_STRATEGIES or value == "disk":
+        return value
+    if value in ("cpu", "mps") or value.startswith(("cuda", "xpu", "npu")):
+        check_device(value)
         return value
     raise EvopError(
         f"unknown --device-map {value!r}; use {', '.join(DEVICE_MAP_STRATEGIES)}, a device such as cpu or cuda:0, "
         "or a JSON map of module names to devices"
     )
+
+
+def check_device(name: str) -> torch.device:
+    """A device this torch has, or one line saying what is here instead (torch's own error is an assertion
+    deep inside the first copy)."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise EvopError(f"unknown device {name!r}; use cpu, cuda, cuda:1, ...") from exc
+    backend = getattr(torch, device.type, None) if device.type != "cpu" else None
+    if backend is not None and not backend.is_available():
+        raise EvopError(f"{name}: this torch ({torch.__version__}) sees no {device.type} device; use cpu, "
+                        "or install a torch built for it")
+    if backend is not None and device.index is not None and hasattr(backend, "device_count"):
+        if device.index >= backend.device_count():
+            raise EvopError(f"{name}: there are {backend.device_count()} {device.type} devices here "
+                            f"({device.type}:0 to {device.type}:{backend.device_count() - 1})")
+    return device
 
 
 def _dtype(value: str) -> Any:
@@ -452,6 +473,11 @@ def load(name: str, config: LoadConfig | None = None) -> LoadedModel:
 
     config = config or LoadConfig()
     source = _resolve(name, config)
+    local_config = Path(source.path) / "config.json"
+    if not config.trust_remote_code and local_config.is_file() and "auto_map" in json.loads(local_config.read_text()):
+        # transformers would build its own class from model_type and fail on the weights' shapes (SliceGPT's).
+        raise EvopError(f"{name} needs code from its repository (auto_map in its config.json); "
+                        "re-run with --trust-remote-code if you trust it")
     common = {"revision": source.revision, "token": config.token, "trust_remote_code": config.trust_remote_code}
     try:
         model = AutoModelForCausalLM.from_pretrained(source.path, **common, **_pretrained_kwargs(config))

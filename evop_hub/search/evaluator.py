@@ -34,6 +34,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from ..errors import EvopError
+from ..models.loading import check_device
 from ..models.runner import BlockContext, BlockRunner
 
 Mask = tuple[int, ...]  # dropped block indices, sorted
@@ -361,7 +362,7 @@ class PoolEvaluator(Evaluator):
                             "device: drop --search-devices, or load it without --device-map")
         workers = []
         home = next(model.parameters()).device
-        for device in map(torch.device, devices):
+        for device in map(check_device, devices):
             if device.type == "cuda" and device.index is None:
                 device = torch.device("cuda", torch.cuda.current_device())
             if device == home and all(worker.model is not model for worker in workers):

@@ -65,6 +65,8 @@ def test_slicegpt_output_loads_with_remote_code_and_evaluates(setup):
     assert space.build_demo(str(directory)) is not None
     assert space.mask_markdown(record.to_dict()).startswith("**Every block kept, 25% of its hidden channels")
 
+    refused = CliRunner().invoke(app, ["info", str(directory)])  # transformers alone fails on the weights' shapes
+    assert "needs code from its repository" in str(refused.exception) and "--trust-remote-code" in str(refused.exception)
     ppl = CliRunner().invoke(app, ["ppl", str(directory), "--corpus", str(setup / "corpus.txt"), "--seq-len", "16",
                                    "--max-windows", "2", "--trust-remote-code", "--json"])
     assert ppl.exit_code == 0, ppl.output

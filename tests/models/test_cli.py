@@ -52,3 +52,22 @@ def test_bad_input_is_one_line_and_debug_shows_the_traceback(llama_dir, tmp_path
     debug = cli("--debug", "drop", llama_dir, "--layers", "9", "--output", tmp_path / "o")
     assert debug.returncode != 0 and "Traceback" in debug.stderr and "EvopError" in debug.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_a_device_this_machine_lacks_is_one_line(llama_dir, tmp_path):  # noqa: F811
+    """cuda:99 exists nowhere: without CUDA torch says so by an assertion deep in the first copy, with it by
+    an index error; evop-hub names the devices there are, for loading and for a search device pool alike."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from evop_hub.calibration import CalibrationSet, tokenizer_fingerprint
+
+    meta = {"sampler": "random", "tokenizer_fingerprint": tokenizer_fingerprint(AutoTokenizer.from_pretrained(llama_dir))}
+    calibration = CalibrationSet(torch.randint(0, 90, (2, 16)), meta).save(tmp_path / "cal.safetensors")
+    for args in (["info", llama_dir, "--device-map", "cuda:99"],
+                 ["prune", llama_dir, "--calibration", calibration, "--search-devices", "cpu,cuda:99",
+                  "--output", tmp_path / "o", "--num-drop", "1"]):
+        result = cli(*args)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert result.stderr.strip().splitlines()[-1].startswith("error: cuda:99: "), result.stderr
+    assert not (tmp_path / "o").exists()  # nothing left to be taken for a run to resume

@@ -85,6 +85,7 @@ def test_resume_with_other_settings_is_refused(llama_dir, calibration_file, tmp_
     (["--sparsity", "1.5"], "--sparsity must be strictly between 0 and 1"),
     (["--method", "sleb", "--pattern", "2:4"], "--pattern is Wanda's N:M weight sparsity; sleb removes whole blocks"),
     (["--population", "0"], "--population must be at least 2"),
+    (["--batch-size", "0"], "--batch-size must be at least 1"),
     (["--method", "wanda", "--plot", "w.png"], "--plot draws a block search's convergence; wanda searches nothing"),
 ])
 def test_bad_settings_fail_before_any_loading(tmp_path, args, message):
