@@ -182,6 +182,7 @@ def ppl(
     """Perplexity on corpora: non-overlapping windows, token-weighted mean NLL; recorded in DIR's evop_pruning.json."""
     from .data import load_corpus
     from .evaluate.perplexity import PerplexityConfig, parse_seq_len, perplexity, record_perplexity
+    from .models.loading import check_is_source
     from .record import RECORD_NAME, PruningRecord
 
     config = PerplexityConfig(parse_seq_len(seq_len), batch_size, max_windows)
@@ -192,8 +193,10 @@ def ppl(
     if dense and not recorded:
         raise EvopError(f"--dense scores the source named in an evop-hub output's record; {model} has none")
 
-    def score(name: str, revision: Optional[str], dtype: str) -> tuple[list, str]:
+    def score(name: str, revision: Optional[str], dtype: str, source_of: Optional[PruningRecord] = None) -> tuple[list, str]:
         loaded = _load(name, revision, dtype, device_map, max_memory, offload_folder, trust_remote_code)
+        if source_of is not None:
+            check_is_source(source_of, loaded.model, name)
         scored = [perplexity(loaded.model, loaded.tokenizer, c, config) for c in corpora]
         return scored, str(loaded.model.dtype).removeprefix("torch.")
 
@@ -201,7 +204,7 @@ def ppl(
     source = PruningRecord.load(model) if dense else None
     # The source at the pruned model's dtype: with "auto" each would get its own checkpoint's, and the change
     # the card shows would mix pruning with precision.
-    dense_results = score(source.source_spec(model), source.source_revision, used)[0] if source else None
+    dense_results = score(source.source_spec(model), source.source_revision, used, source)[0] if source else None
     if recorded and max_windows is None:  # a quick look on part of a corpus is never published as the model's number
         record_perplexity(model, results, dense_results)
     if as_json:

@@ -63,9 +63,10 @@ class PruningRecord:
     schema_version: int = SCHEMA_VERSION
 
     def source_spec(self, output_dir: str | Path) -> str:
-        """What loads the source from here: the name as typed, or, for a local directory typed as a
-        relative path in another working directory, its place seen from the output directory."""
-        if self.source_relative and not Path(self.source_model).expanduser().is_dir():
+        """What loads the source from here: a local source directory at its recorded place seen from the output
+        directory (the name as typed may be a relative path meaning another folder in this working directory),
+        else the name as typed (a Hub id, or a local source moved together with the output)."""
+        if self.source_relative:
             beside = Path(output_dir) / self.source_relative
             if beside.is_dir():
                 return str(beside)

@@ -27,6 +27,8 @@ from tqdm.auto import tqdm
 
 from ..errors import EvopError
 from ..models import LoadConfig, count_parameters, find_blocks
+from ..models.loading import check_is_source
+from ..record import PruningRecord
 from ..report.provenance import cpu_name
 from .tasks import open_model, out_of_memory, record_scores
 
@@ -249,6 +251,8 @@ def speed(dense: Any, pruned: Any, config: SpeedConfig | None = None) -> SpeedRe
     # One dtype for both: "auto" would give each its own checkpoint's, and bf16 against float32 is no speedup.
     dtype = str(pruned_model.dtype).removeprefix("torch.")
     dense_model, _, _ = open_model(dense, load_config=replace(load_config, dtype=dtype))
+    if isinstance(target, Path):  # the record will say "dense source against this model": it must be that source
+        check_is_source(PruningRecord.load(target), dense_model, str(dense))
     if dense_model.dtype != pruned_model.dtype:
         raise EvopError(f"the dense model is {dense_model.dtype}, the pruned one {pruned_model.dtype}; "
                         "time them at one dtype (cast one, or pass both as paths with --dtype)")

@@ -510,6 +510,16 @@ def load(name: str, config: LoadConfig | None = None) -> LoadedModel:
     return LoadedModel(model, tokenizer, source)
 
 
+def check_is_source(record: PruningRecord, model: torch.nn.Module, name: str) -> None:
+    """A figure recorded as "the dense source against this model" must come from that source: the same
+    number of blocks and, where recorded, of parameters (a GGUF source dequantizes to the same count)."""
+    blocks, parameters = len(find_blocks(model)), count_parameters(model)
+    if blocks != record.num_blocks or parameters != (record.parameters_before or parameters):
+        raise EvopError(f"{name} ({blocks} blocks, {parameters:,} parameters) is not the model this output was pruned "
+                        f"from: {record.source_model} ({record.num_blocks} blocks, {record.parameters_before or 0:,} "
+                        "parameters); compare with that one")
+
+
 def describe(loaded: LoadedModel) -> dict[str, Any]:
     """Facts `evop-hub info` prints: what a user needs to choose how many blocks to drop."""
     model = loaded.model

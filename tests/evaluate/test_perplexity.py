@@ -254,6 +254,36 @@ def test_cli_dense_scores_the_source_on_the_same_windows(model_dir, tmp_path):
     assert isinstance(refused.exception, EvopError) and "--dense" in str(refused.exception)
 
 
+def test_cli_dense_finds_the_recorded_source_not_a_namesake_in_the_working_directory(tmp_path, monkeypatch):
+    """Pruned from `tiny` typed in one folder, scored from another folder that has its own `tiny` (12 blocks):
+    the source is the one recorded beside the output; a model that is not the source is refused."""
+    import evop_hub
+    from evop_hub.models import load
+    from evop_hub.record import PruningRecord
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    for folder, layers in ((first, 4), (second, 12)):
+        tiny_llama(layers=layers).save_pretrained(folder / "tiny")
+        word_tokenizer(bos=False).save_pretrained(folder / "tiny")
+    monkeypatch.chdir(first)
+    loaded = evop_hub.load("tiny")
+    evop_hub.drop(loaded, [1])
+    out = evop_hub.save(loaded, tmp_path / "pruned")
+    corpus_file = tmp_path / "a.txt"
+    corpus_file.write_text(words_corpus(600).text, encoding="utf-8")
+    monkeypatch.chdir(second)
+    args = ["ppl", str(out), "--corpus", str(corpus_file), "--seq-len", str(SEQ), "--dense"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    source = load(str(first / "tiny"))
+    expected = perplexity(source.model, source.tokenizer, load_corpus(str(corpus_file)), PerplexityConfig(seq_len=SEQ))
+    assert PruningRecord.load(out).scores["perplexity"][f"{corpus_file}:all"]["dense"] == expected.ppl
+    record = PruningRecord.load(out)
+    record.source_relative = None  # as if the source had been moved: the name as typed finds the namesake
+    record.save(out)
+    refused = CliRunner().invoke(app, args)
+    assert isinstance(refused.exception, EvopError) and "is not the model this output was pruned from" in str(refused.exception)
+
+
 def test_cli_dense_scores_the_source_at_the_pruned_models_dtype(tmp_path):
     """A bfloat16 source pruned and saved in float32: with --dtype auto each would load in its own dtype, and
     the card's change would mix pruning with precision. The source is scored in float32 too, and both say so."""

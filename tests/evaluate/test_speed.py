@@ -82,6 +82,14 @@ def test_cli_records_into_pruned_directory(tmp_path):
     assert in_memory.record.scores["speed"]["pruned"]["blocks"] == 3
 
 
+def test_only_the_outputs_own_source_is_recorded_as_its_dense_model(tmp_path):
+    save(loaded(6), tmp_path / "other")
+    save(drop(loaded(4), [1]), tmp_path / "pruned")
+    with pytest.raises(EvopError, match="is not the model this output was pruned from: tiny"):
+        speed(str(tmp_path / "other"), str(tmp_path / "pruned"), SMALL)
+    assert "speed" not in PruningRecord.load(tmp_path / "pruned").scores
+
+
 def test_both_models_are_timed_at_one_dtype(tmp_path):
     """A bfloat16 source pruned and saved in float32: "auto" loads the source at the pruned model's dtype,
     and two in-memory models of different dtypes are refused rather than compared."""
