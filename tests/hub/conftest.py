@@ -102,7 +102,7 @@ def make_output(tmp_path, monkeypatch):
             offline.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
             out = save(loaded, tmp_path / name, command=f"evop-hub prune {source_name} --output {name}")
         state = out / ".evop"
-        state.mkdir()
+        state.mkdir(exist_ok=True)
         (state / "search_state.json").write_text('{"private": "run state, never published"}')
         return out
 
