@@ -440,8 +440,29 @@ def space(
 
 
 # ---------------------------------------------------------------- pruning (evop_hub.prune)
+# prune's options that shape a calibration draw: meaningless beside --calibration FILE.
+DRAW_OPTIONS = ("corpus", "sampler", "clusters", "samples_per_cluster", "seq_len", "embedder", "data_dir", "calib_seed")
+
+
+def _silence_progress() -> None:
+    """--quiet: every library's bars too (loading weights, embedding batches, writing shards), not only ours."""
+    import os
+
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as transformers_logging
+
+    os.environ["TQDM_DISABLE"] = "1"  # read by every tqdm made from now on (tqdm >= 4.66)
+    disable_progress_bars()
+    transformers_logging.disable_progress_bar()
+
+
+def _model_name(model: str) -> str:
+    """The default output's name: a local path by its folder's own name (`.` included), a Hub id by its last part."""
+    path = Path(model).expanduser()
+    return (path.resolve().name if path.exists() else path.name).removesuffix(".gguf") or "model"
 @app.command()
 def prune(
+    ctx: typer.Context,
     model: Annotated[str, typer.Argument(help="Hub id, local directory, .gguf file, or `smollm2-135m`.")] = "smollm2-135m",
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Directory for the pruned model (default: named after the model).")] = None,
     sparsity: Annotated[Optional[float], typer.Option("--sparsity", help="Fraction removed, in the method's unit: blocks, k = ceil(sparsity x blocks) (search methods, default 0.2); weights (wanda, default 0.5); hidden channels (slicegpt, default 0.25).")] = None,
@@ -497,6 +518,13 @@ def prune(
 
     if plot and method in BASELINES:
         raise EvopError(f"--plot draws a block search's convergence; {method} searches nothing")
+    draw = [f"--{name.replace('_', '-')}" for name in DRAW_OPTIONS
+            if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"]
+    if calibration and draw:
+        raise EvopError(f"--calibration {calibration} is a set already drawn; {', '.join(draw)} would change nothing: "
+                        "drop them, or drop --calibration to draw a new set")
+    if quiet:
+        _silence_progress()
     if plot:
         refuse_existing(plot, overwrite)
     push_config = PushConfig(repo_id=repo_id, private=private, space=not no_space, space_hardware=space_hardware)
@@ -527,7 +555,7 @@ def prune(
         cache_gib=cache_gib,
         search_devices=_csv(search_devices),
         load=_load_config(revision, dtype, device_map, max_memory, offload_folder, trust_remote_code),
-        output=str(output or Path("outputs") / f"{Path(model).name.removesuffix('.gguf')}-{method}"),
+        output=str(output or Path("outputs") / f"{_model_name(model)}-{method}"),
         overwrite=overwrite,
         resume=resume,
         progress=not quiet,

@@ -163,3 +163,20 @@ def test_resume_on_another_batching_or_model_is_refused(tmp_path):
             run_search(other, 2, config, state_dir=tmp_path, resume=True, progress=False)
     again = run_search(SerialEvaluator(model, ids, batch_size=2), 2, config, state_dir=tmp_path, resume=True, progress=False)
     assert again.resumed
+
+
+def test_draw_options_beside_a_calibration_file_are_refused(llama_dir, calibration_file, tmp_path):  # noqa: F811
+    result = subprocess.run(prune_cmd(llama_dir, calibration_file, tmp_path / "o", "--corpus", "wiki-leads:bogus",
+                                      "--seq-len", "64"), capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--corpus, --seq-len would change nothing" in result.stderr and not (tmp_path / "o").exists()
+
+
+def test_quiet_silences_every_progress_bar_and_the_default_output_is_named_after_a_dot(llama_dir, calibration_file,  # noqa: F811
+                                                                                        tmp_path):
+    command = prune_cmd(".", calibration_file, "unused")
+    command = command[: command.index("--output")] + command[command.index("--output") + 2 :]  # the default output
+    result = subprocess.run(command, capture_output=True, text=True, cwd=llama_dir)
+    assert result.returncode == 0, result.stderr
+    assert "it/s" not in result.stderr and "%|" not in result.stderr, result.stderr  # no tqdm bar of any library
+    assert (llama_dir / "outputs" / f"{llama_dir.name}-evop" / "config.json").is_file()
