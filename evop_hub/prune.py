@@ -16,7 +16,7 @@ from typing import Any
 from .calibration import CalibrationConfig, CalibrationSet, calibrate
 from .errors import EvopError
 from .files import atomic_path
-from .models import LoadConfig, LoadedModel, drop, find_blocks, input_device, load, prepare_output, save
+from .models import LoadConfig, LoadedModel, drop, find_blocks, input_device, load, prepare_output, save, text_config
 from .models.saving import check_not_source, run_state
 from .record import PruningRecord
 from .search import METHODS, PoolEvaluator, SearchConfig, SearchResult, SerialEvaluator, num_drop, run_search
@@ -94,7 +94,10 @@ def _calibration(loaded: LoadedModel, config: PruneConfig, run_dir: Path | None)
     """The calibration set: a given file, the one a resumed run saved, or a fresh draw."""
     saved = run_dir / CALIBRATION_FILE if run_dir else None
     if config.calibration_file:
-        return CalibrationSet.load(config.calibration_file, loaded.tokenizer)
+        calibration = CalibrationSet.load(config.calibration_file, loaded.tokenizer)
+        _check_context(loaded, calibration.input_ids.shape[1])
+        return calibration
+    _check_context(loaded, config.calibration.seq_len)
     # Everything the draw depends on (where the embeddings are cached does not change them).
     request = {"corpus": config.corpus, **{k: v for k, v in asdict(config.calibration).items()
                                           if k not in ("cache_dir", "batch_size")}}
@@ -121,6 +124,15 @@ def _calibration(loaded: LoadedModel, config: PruneConfig, run_dir: Path | None)
         with atomic_path(run_dir / CALIBRATION_REQUEST) as path:
             path.write_text(json.dumps(request) + "\n")
     return calibration
+
+
+def _check_context(loaded: LoadedModel, seq_len: int) -> None:
+    """Samples longer than the model's positions fail deep in its embeddings (GPT-2) or are scored past its
+    training length (RoPE models): refused, as the context is known before any work."""
+    context = getattr(text_config(loaded.model), "max_position_embeddings", None)
+    if context is not None and seq_len > context:
+        raise EvopError(f"calibration samples of {seq_len} tokens exceed the model's context of {context}; "
+                        f"use --seq-len {context} or less")
 
 
 def prune(model: str | LoadedModel, config: PruneConfig | None = None) -> PruneResult:

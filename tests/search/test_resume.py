@@ -180,3 +180,24 @@ def test_quiet_silences_every_progress_bar_and_the_default_output_is_named_after
     assert result.returncode == 0, result.stderr
     assert "it/s" not in result.stderr and "%|" not in result.stderr, result.stderr  # no tqdm bar of any library
     assert (llama_dir / "outputs" / f"{llama_dir.name}-evop" / "config.json").is_file()
+
+
+def test_calibration_longer_than_the_models_context_is_one_line(tmp_path):
+    """GPT-2 has learned positions: samples past them would fail with an IndexError in its embeddings."""
+    from evop_hub.calibration import CalibrationConfig
+    from evop_hub.errors import EvopError
+    from evop_hub.models import LoadedModel, SourceInfo
+    from evop_hub.prune import PruneConfig, prune
+
+    from ..models.conftest import build
+    from ..tiny import tiny_tokenizer
+
+    model = build("gpt2")  # 64 positions
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the cat sat on the mat " * 200)
+    loaded = LoadedModel(model, tiny_tokenizer(), SourceInfo("tiny", "tiny"))
+    config = PruneConfig(corpus=str(corpus), calibration=CalibrationConfig(sampler="random", clusters=2, seq_len=128),
+                         num_drop=1, output=str(tmp_path / "o"))
+    with pytest.raises(EvopError, match="exceed the model's context of 64; use --seq-len 64 or less"):
+        prune(loaded, config)
+    assert not (tmp_path / "o").exists()
