@@ -232,20 +232,27 @@ def test_smollm2_wikitext_matches_the_plain_loop(wikitext_dir):
     assert 5 < result.ppl < 60
 
 
-def test_cli_dense_scores_the_source_on_the_same_windows(model_dir, tmp_path):
+def drop_one_and_score_dense(loaded, tmp_path):
+    """Block 1 dropped and saved, then `ppl OUT --dense` on a words corpus: (output, corpus file, recorded entry)."""
     import evop_hub
-    from evop_hub.hub.card import render
-    from evop_hub.models import load
     from evop_hub.record import PruningRecord
 
-    loaded = evop_hub.load(str(model_dir))
     evop_hub.drop(loaded, [1])
     out = evop_hub.save(loaded, tmp_path / "pruned", command="evop-hub drop")
     corpus_file = tmp_path / "a.txt"
     corpus_file.write_text(words_corpus(600).text, encoding="utf-8")
     result = CliRunner().invoke(app, ["ppl", str(out), "--corpus", str(corpus_file), "--seq-len", str(SEQ), "--dense"])
     assert result.exit_code == 0, result.output
-    entry = PruningRecord.load(out).scores["perplexity"][f"{corpus_file}:all"]
+    return out, corpus_file, PruningRecord.load(out).scores["perplexity"][f"{corpus_file}:all"]
+
+
+def test_cli_dense_scores_the_source_on_the_same_windows(model_dir, tmp_path):
+    import evop_hub
+    from evop_hub.hub.card import render
+    from evop_hub.models import load
+    from evop_hub.record import PruningRecord
+
+    out, corpus_file, entry = drop_one_and_score_dense(evop_hub.load(str(model_dir)), tmp_path)
     source = load(str(model_dir))
     expected = perplexity(source.model, source.tokenizer, load_corpus(str(corpus_file)), PerplexityConfig(seq_len=SEQ))
     assert entry["dense"] == expected.ppl and entry["pruned"] != entry["dense"]
@@ -289,19 +296,11 @@ def test_cli_dense_scores_the_source_at_the_pruned_models_dtype(tmp_path):
     the card's change would mix pruning with precision. The source is scored in float32 too, and both say so."""
     import evop_hub
     from evop_hub.models import LoadConfig, load
-    from evop_hub.record import PruningRecord
 
     source = tmp_path / "bf16"
     tiny_llama(layers=4).to(torch.bfloat16).save_pretrained(source)
     word_tokenizer(bos=False).save_pretrained(source)
-    loaded = evop_hub.load(str(source), LoadConfig(dtype="float32"))
-    evop_hub.drop(loaded, [1])
-    out = evop_hub.save(loaded, tmp_path / "pruned", command="evop-hub drop")
-    corpus_file = tmp_path / "a.txt"
-    corpus_file.write_text(words_corpus(600).text, encoding="utf-8")
-    result = CliRunner().invoke(app, ["ppl", str(out), "--corpus", str(corpus_file), "--seq-len", str(SEQ), "--dense"])
-    assert result.exit_code == 0, result.output
-    entry = PruningRecord.load(out).scores["perplexity"][f"{corpus_file}:all"]
+    out, corpus_file, entry = drop_one_and_score_dense(evop_hub.load(str(source), LoadConfig(dtype="float32")), tmp_path)
     as_float32 = load(str(source), LoadConfig(dtype="float32"))
     expected = perplexity(as_float32.model, as_float32.tokenizer, load_corpus(str(corpus_file)), PerplexityConfig(seq_len=SEQ))
     as_saved = load(str(source))
