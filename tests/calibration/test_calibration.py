@@ -189,7 +189,7 @@ def test_a_cluster_too_small_for_its_samples_is_named(corpus, tokenizer, config)
 def test_more_clusters_than_chunks(corpus, tokenizer, monkeypatch):
     monkeypatch.setattr(ccds_module, "load_embedder", no_embedding)
     with pytest.raises(EvopError, match="--clusters 50 is more than the 36 chunks of 4 sentences in corpus topical:all"):
-        calibrate(corpus, tokenizer, CalibrationConfig(clusters=50, seq_len=1))
+        calibrate(corpus, tokenizer, CalibrationConfig(clusters=50, seq_len=2))
 
 
 def test_bad_config_values():
@@ -197,6 +197,8 @@ def test_bad_config_values():
         CalibrationConfig(sampler="kmeans")
     with pytest.raises(EvopError, match="--samples-per-cluster must be at least 1"):
         CalibrationConfig(samples_per_cluster=0)
+    with pytest.raises(EvopError, match="--seq-len must be at least 2, not 1"):  # one token predicts nothing
+        CalibrationConfig(seq_len=1)
 
 
 def test_unloadable_embedder_says_which_and_how_to_give_a_local_path(corpus, tokenizer, tmp_path, monkeypatch):
