@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .calibration import CalibrationConfig, CalibrationSet, calibrate
+from .data.corpora import check_corpus_spec
 from .errors import EvopError
 from .files import atomic_path
 from .models import LoadConfig, LoadedModel, drop, find_blocks, input_device, load, prepare_output, save, text_config
@@ -142,6 +143,10 @@ def prune(model: str | LoadedModel, config: PruneConfig | None = None) -> PruneR
 
     if config.batch_size < 1:
         raise EvopError(f"--batch-size must be at least 1, not {config.batch_size}")
+    if config.corpus and not config.calibration_file:
+        check_corpus_spec(config.corpus)  # a typo fails now, not after the model has loaded
+    if config.calibration_file:
+        CalibrationSet.load(config.calibration_file)  # a missing or foreign file fails now; its tokenizer once loaded
     if config.search.method in BASELINES:
         return prune_baseline(model, config)
     if config.search.method not in METHODS:  # settings are checked before anything slow starts

@@ -88,17 +88,25 @@ def load_corpus(spec: str, data_dir: str | Path | None = None) -> Corpus:
     ``data_dir`` (else ``$EVOP_DATA_DIR``) holds local copies of Hub corpora; when it is set
     they are read only from there, so an offline machine never waits on the network.
     """
+    name, split = check_corpus_spec(spec)
+    if name in CORPORA:
+        data_dir = data_dir or os.environ.get(DATA_DIR_ENV) or None
+        return CORPORA[name].loader(split, Path(data_dir).expanduser() if data_dir else None)
+    return _load_local(Path(spec).expanduser())
+
+
+def check_corpus_spec(spec: str) -> tuple[str, str]:
+    """(name, split) of a registered corpus, or (spec, "") for an existing local path; otherwise one line
+    saying what is known. Reads no data: commands call it before loading a model."""
     name, _, split = spec.partition(":")
     if name in CORPORA:
         corpus_spec = CORPORA[name]
         split = SPLIT_ALIASES.get(split, split) or ("test" if "test" in corpus_spec.splits else corpus_spec.splits[-1])
         if split not in corpus_spec.splits:
             raise EvopError(f"corpus {name!r} has no split {split!r}; choose one of: {', '.join(corpus_spec.splits)}")
-        data_dir = data_dir or os.environ.get(DATA_DIR_ENV) or None
-        return corpus_spec.loader(split, Path(data_dir).expanduser() if data_dir else None)
-    path = Path(spec).expanduser()
-    if path.exists():
-        return _load_local(path)
+        return name, split
+    if Path(spec).expanduser().exists():
+        return spec, ""
     if os.sep in spec or spec.endswith(LOCAL_SUFFIXES):
         raise EvopError(f"corpus file or directory not found: {spec}")
     raise EvopError(

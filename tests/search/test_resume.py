@@ -86,6 +86,9 @@ def test_resume_with_other_settings_is_refused(llama_dir, calibration_file, tmp_
     (["--method", "sleb", "--pattern", "2:4"], "--pattern is Wanda's N:M weight sparsity; sleb removes whole blocks"),
     (["--population", "0"], "--population must be at least 2"),
     (["--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--corpus", "wikitext3"], "unknown corpus 'wikitext3'"),
+    (["--corpus", "wiki-leads:bogus"], "corpus 'wiki-leads' has no split 'bogus'"),
+    (["--calibration", "missing.safetensors"], "calibration file missing.safetensors not found"),
     (["--method", "wanda", "--plot", "w.png"], "--plot draws a block search's convergence; wanda searches nothing"),
 ])
 def test_bad_settings_fail_before_any_loading(tmp_path, args, message):
