@@ -388,7 +388,7 @@ def _lineage_note(record: PruningRecord) -> str:
     if not steps:
         return ""
     return (f" Its source `{record.source_model}` was itself made by evop-hub: " + ", made from ".join(steps)
-            + "; block numbers below count from that source.")
+            + f"; block numbers below count the blocks of `{record.source_model}`.")
 
 
 def _license_note(record: PruningRecord, copied: list[str] | None) -> str:

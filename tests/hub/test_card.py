@@ -293,7 +293,7 @@ def test_pruning_an_output_again_keeps_its_lineage(make_output, tmp_path):
     assert card.data.base_model == "meta-org/tiny-base"
     assert "dequantized from a Q4_1 GGUF file of `meta-org/tiny-base`" in card.text
     assert (f"Its source `{first}` was itself made by evop-hub: `meta-org/tiny-base` with blocks [1] of its 4 "
-            "removed (evop); block numbers below count from that source.") in card.text
+            f"removed (evop); block numbers below count the blocks of `{first}`.") in card.text
     third = evop_hub.load(str(second))  # two steps back
     assert [link["source_model"] for link in third.record.chain()] == [str(second), str(first), "meta-org/tiny-base"]
     assert third.record.hub_base() == ("meta-org/tiny-base", None)
