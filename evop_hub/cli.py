@@ -444,18 +444,6 @@ def space(
 DRAW_OPTIONS = ("corpus", "sampler", "clusters", "samples_per_cluster", "seq_len", "embedder", "data_dir", "calib_seed")
 
 
-def _silence_progress() -> None:
-    """--quiet: every library's bars too (loading weights, embedding batches, writing shards), not only ours."""
-    import os
-
-    from huggingface_hub.utils import disable_progress_bars
-    from transformers.utils import logging as transformers_logging
-
-    os.environ["TQDM_DISABLE"] = "1"  # read by every tqdm made from now on (tqdm >= 4.66)
-    disable_progress_bars()
-    transformers_logging.disable_progress_bar()
-
-
 def _model_name(model: str) -> str:
     """The default output's name: a local path by its folder's own name (`.` included), a Hub id by its last part."""
     path = Path(model).expanduser()
@@ -515,6 +503,7 @@ def prune(
 
     from .baselines import BASELINES
     from .calibration.calibration_set import refuse_existing
+    from .progress import silence
 
     if plot and method in BASELINES:
         raise EvopError(f"--plot draws a block search's convergence; {method} searches nothing")
@@ -524,7 +513,7 @@ def prune(
         raise EvopError(f"--calibration {calibration} is a set already drawn; {', '.join(draw)} would change nothing: "
                         "drop them, or drop --calibration to draw a new set")
     if quiet:
-        _silence_progress()
+        silence()
     if plot:
         refuse_existing(plot, overwrite)
     push_config = PushConfig(repo_id=repo_id, private=private, space=not no_space, space_hardware=space_hardware)
@@ -651,6 +640,10 @@ def compare(
         return
     if model is None or output is None:
         raise EvopError("give MODEL and --output REPORT_DIR (or --report-only --output REPORT_DIR)")
+    if quiet:
+        from .progress import silence
+
+        silence()
     results = run_compare(model, config, output, resume=resume, overwrite=overwrite, command=command_line(),
                           progress=not quiet)
     typer.echo(f"{len(results['cells'])} cells ({results['cells_reused']} reused); wrote {Path(output) / 'report.md'}")

@@ -32,8 +32,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from ..progress import bar
 from ..errors import EvopError
 from ..models import BlockRunner, LoadedModel, count_parameters, text_config
 from .modeling_slicegpt import SLICED_MODELS, Layout, set_weight
@@ -199,7 +199,7 @@ def slicegpt(model: nn.Module, input_ids: torch.Tensor, config: SliceGPTConfig |
     for ctx in contexts:
         ctx.hidden = None  # only the sliced stream is needed from here on
     blocks = sliced.get_submodule(layout.blocks)
-    for i, block in enumerate(tqdm(blocks, desc="slicegpt", unit="block", disable=not config.progress)):
+    for i, block in enumerate(bar(blocks, desc="slicegpt", unit="block", disable=not config.progress)):
         for name in layout.attn_inputs:
             _rotate_inputs(block.get_submodule(name), q_in)
         # The stream after attention, in the original basis: shortcut back out of q_in, attention not yet rotated.

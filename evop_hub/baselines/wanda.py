@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from ..progress import bar
 from ..errors import EvopError
 from ..models import BlockRunner, LoadedModel
 
@@ -80,7 +80,7 @@ def wanda(model: nn.Module, input_ids: torch.Tensor, config: WandaConfig | None 
     for ctx in contexts:
         ctx.hidden = None  # only the pruned stream is needed from here on
     zeroed = total = 0
-    for i in tqdm(range(len(runner)), desc="wanda", unit="block", disable=not config.progress):
+    for i in bar(range(len(runner)), desc="wanda", unit="block", disable=not config.progress):
         linears = {name: m for name, m in runner.blocks[i].named_modules() if isinstance(m, nn.Linear)}
         if not linears:
             raise EvopError(f"block {i} has no nn.Linear to prune (GPT-2's Conv1D is not supported); use another method")

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
+from ..progress import bar, shown
 from ..data import Document
 from ..errors import EvopError
 from ..files import atomic_path
@@ -52,7 +52,7 @@ def split_chunks(documents: list[Document], sentences_per_chunk: int) -> list[Ch
         raise EvopError(f"--sentences-per-chunk must be at least 1, not {sentences_per_chunk}")
     segmenter = pysbd.Segmenter(language="en", clean=False)
     sentences: list[tuple[int, str]] = []  # (document index, sentence)
-    for index, doc in enumerate(tqdm(documents, desc="splitting sentences", unit="doc", leave=False)):
+    for index, doc in enumerate(bar(documents, desc="splitting sentences", unit="doc", leave=False)):
         if doc.text.strip():
             sentences.extend((index, s.strip()) for s in segmenter.segment(doc.text) if s.strip())
     chunks = []
@@ -126,7 +126,7 @@ def embed_chunks(texts: list[str], embedder: str, *, cache_root: Path, batch_siz
         return np.load(path)
     model = load_embedder(embedder)
     embeddings = model.encode(
-        texts, batch_size=batch_size, show_progress_bar=True, normalize_embeddings=True, convert_to_numpy=True
+        texts, batch_size=batch_size, show_progress_bar=shown(), normalize_embeddings=True, convert_to_numpy=True
     ).astype(np.float32)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.save(f, embeddings)

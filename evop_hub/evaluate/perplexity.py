@@ -25,8 +25,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
+from ..progress import bar
 from ..data import Corpus
 from ..errors import EvopError
 from ..models import BlockRunner, input_device, leading_bos, text_config
@@ -122,7 +122,7 @@ def perplexity(
     runner = BlockRunner(model)
     total, tokens = 0.0, 0
     batches = windows.split(config.batch_size)
-    for batch in tqdm(batches, desc=f"ppl {corpus.name}:{corpus.split} ({seq_len} tokens/window)", unit="batch"):
+    for batch in bar(batches, desc=f"ppl {corpus.name}:{corpus.split} ({seq_len} tokens/window)", unit="batch"):
         batch = batch.to(device)
         nll_sum, count = runner.nll(runner.run(runner.prepare(batch)), batch)
         total += nll_sum.item()

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
+from ..progress import bar
 from ..errors import EvopError
 from ..models import LoadConfig, count_parameters, find_blocks
 from ..models.loading import check_is_source
@@ -271,7 +271,7 @@ def speed(dense: Any, pruned: Any, config: SpeedConfig | None = None) -> SpeedRe
     peaks: dict[str, int | None] = {name: None for name in models}
     steps = [(i, name) for i in range(c.warmup + c.repeats) for name in models]  # interleaved
     try:
-        for i, name in tqdm(steps, desc="speed", unit="run"):
+        for i, name in bar(steps, desc="speed", unit="run"):
             model = models[name]
             memory.start()
             prefill, decode, _ = _generate(model, ids.to(model.device), c.new_tokens, clock)

@@ -37,8 +37,8 @@ from pathlib import Path
 from types import UnionType
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
-from tqdm.auto import tqdm
 
+from ..progress import bar
 from ..errors import EvopError
 from ..files import atomic_path
 from ..models import count_parameters, find_blocks, input_device
@@ -493,9 +493,9 @@ def compare(model: Any, config: CompareConfig, output: str | Path, *, resume: bo
     keys = plan(config, blocks)
     machine, packages = hardware(), versions()
     cells, reused, started = [], 0, time.perf_counter()
-    with tqdm(keys, desc="compare", unit="cell", disable=not progress) as bar:
-        for key in bar:
-            bar.set_postfix_str(key.id)
+    with bar(keys, desc="compare", unit="cell", disable=not progress) as cells_bar:
+        for key in cells_bar:
+            cells_bar.set_postfix_str(key.id)
             path = out / CELLS_DIR / f"{key.id}.json"
             if path.is_file():
                 cell = json.loads(path.read_text())

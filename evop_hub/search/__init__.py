@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
 
+from ..progress import bar
 from ..errors import EvopError
 from ..files import atomic_path
 from .evaluator import Evaluator, EvaluatorStats, Fitness, Mask, PoolEvaluator, SerialEvaluator, as_mask
@@ -116,14 +116,14 @@ def run_search(
     trace: list[dict[str, Any]] = saved.get("trace", [])
     elapsed = saved.get("seconds", 0.0)
     started = time.perf_counter()
-    bar = tqdm(desc=f"{config.method} k={k}", unit="step", disable=not progress, initial=len(trace))
+    progress_bar = bar(desc=f"{config.method} k={k}", unit="step", disable=not progress, initial=len(trace))
 
     def report(row: dict[str, Any]) -> None:
         row = {**row, **evaluator.stats.as_dict(), "seconds": round(elapsed + time.perf_counter() - started, 3)}
         trace.append(row)
-        bar.update(1)
+        progress_bar.update(1)
         if row.get("best") is not None:
-            bar.set_postfix(best=f"{row['best']:.4f}", evals=row["evaluations"])
+            progress_bar.set_postfix(best=f"{row['best']:.4f}", evals=row["evaluations"])
 
     def write_trace() -> None:
         if state_path is not None:
@@ -149,7 +149,7 @@ def run_search(
         loss = evaluator.loss(mask)
         dense = evaluator.loss(())
     finally:
-        bar.close()
+        progress_bar.close()
     write_trace()  # steps after the last checkpoint (evop's local search) belong in the trace too
     return SearchResult(
         mask=mask, loss=loss, dense_loss=dense, method=config.method, k=k, config=asdict(config),

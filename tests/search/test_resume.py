@@ -181,7 +181,7 @@ def test_quiet_silences_every_progress_bar_and_the_default_output_is_named_after
     command = command[: command.index("--output")] + command[command.index("--output") + 2 :]  # the default output
     result = subprocess.run(command, capture_output=True, text=True, cwd=llama_dir)
     assert result.returncode == 0, result.stderr
-    assert "it/s" not in result.stderr and "%|" not in result.stderr, result.stderr  # no tqdm bar of any library
+    assert "it/s" not in result.stderr and "%|" not in result.stderr, result.stderr  # no tqdm bar (see tests/test_progress.py)
     assert (llama_dir / "outputs" / f"{llama_dir.name}-evop" / "config.json").is_file()
 
 
