@@ -193,18 +193,17 @@ def ppl(
     if dense and not recorded:
         raise EvopError(f"--dense scores the source named in an evop-hub output's record; {model} has none")
 
-    def score(name: str, revision: Optional[str], dtype: str, source_of: Optional[PruningRecord] = None) -> tuple[list, str]:
+    def score(name: str, revision: Optional[str], dtype: str, source_of: Optional[PruningRecord] = None) -> list:
         loaded = _load(name, revision, dtype, device_map, max_memory, offload_folder, trust_remote_code)
         if source_of is not None:
             check_is_source(source_of, loaded.model, name)
-        scored = [perplexity(loaded.model, loaded.tokenizer, c, config) for c in corpora]
-        return scored, str(loaded.model.dtype).removeprefix("torch.")
+        return [perplexity(loaded.model, loaded.tokenizer, c, config) for c in corpora]
 
-    results, used = score(model, revision, dtype)
+    results = score(model, revision, dtype)
     source = PruningRecord.load(model) if dense else None
     # The source at the pruned model's dtype: with "auto" each would get its own checkpoint's, and the change
     # the card shows would mix pruning with precision.
-    dense_results = score(source.source_spec(model), source.source_revision, used, source)[0] if source else None
+    dense_results = score(source.source_spec(model), source.source_revision, results[0].dtype, source) if source else None
     if recorded and max_windows is None:  # a quick look on part of a corpus is never published as the model's number
         record_perplexity(model, results, dense_results)
     if as_json:
@@ -448,6 +447,8 @@ def _model_name(model: str) -> str:
     """The default output's name: a local path by its folder's own name (`.` included), a Hub id by its last part."""
     path = Path(model).expanduser()
     return (path.resolve().name if path.exists() else path.name).removesuffix(".gguf") or "model"
+
+
 @app.command()
 def prune(
     ctx: typer.Context,

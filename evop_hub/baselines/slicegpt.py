@@ -33,9 +33,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..progress import bar
 from ..errors import EvopError
 from ..models import BlockRunner, LoadedModel, count_parameters, text_config
+from ..progress import bar
 from .modeling_slicegpt import SLICED_MODELS, Layout, set_weight
 
 

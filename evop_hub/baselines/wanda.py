@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..progress import bar
 from ..errors import EvopError
 from ..models import BlockRunner, LoadedModel
+from ..progress import bar
 
 
 @dataclass

@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from ..progress import bar, shown
 from ..data import Document
 from ..errors import EvopError
 from ..files import atomic_path
+from ..progress import bar, shown
 
 log = logging.getLogger(__name__)
 

@@ -26,10 +26,11 @@ from pathlib import Path
 
 import torch
 
-from ..progress import bar
 from ..data import Corpus
 from ..errors import EvopError
 from ..models import BlockRunner, input_device, leading_bos, text_config
+from ..models.loading import dtype_name
+from ..progress import bar
 from ..record import PruningRecord
 
 log = logging.getLogger(__name__)
@@ -128,8 +129,8 @@ def perplexity(
         total += nll_sum.item()
         tokens += count
     nll = total / tokens
-    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-    return PerplexityResult(corpus.name, corpus.split, corpus.form, seq_len, len(windows), tokens, nll, math.exp(nll), dtype)
+    return PerplexityResult(corpus.name, corpus.split, corpus.form, seq_len, len(windows), tokens, nll, math.exp(nll),
+                            dtype_name(model))
 
 
 def record_perplexity(

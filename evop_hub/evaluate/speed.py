@@ -24,10 +24,10 @@ from typing import Any
 
 import torch
 
-from ..progress import bar
 from ..errors import EvopError
 from ..models import LoadConfig, count_parameters, find_blocks
-from ..models.loading import check_is_source
+from ..models.loading import check_is_source, dtype_name
+from ..progress import bar
 from ..record import PruningRecord
 from ..report.provenance import cpu_name
 from .tasks import open_model, out_of_memory, record_scores
@@ -249,7 +249,7 @@ def speed(dense: Any, pruned: Any, config: SpeedConfig | None = None) -> SpeedRe
     load_config = LoadConfig(dtype=c.dtype, device_map=c.device, trust_remote_code=c.trust_remote_code)
     pruned_model, _, target = open_model(pruned, load_config=load_config)
     # One dtype for both: "auto" would give each its own checkpoint's, and bf16 against float32 is no speedup.
-    dtype = str(pruned_model.dtype).removeprefix("torch.")
+    dtype = dtype_name(pruned_model)
     dense_model, _, _ = open_model(dense, load_config=replace(load_config, dtype=dtype))
     if isinstance(target, Path):  # the record will say "dense source against this model": it must be that source
         check_is_source(PruningRecord.load(target), dense_model, str(dense))

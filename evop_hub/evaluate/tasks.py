@@ -20,6 +20,7 @@ from ..errors import EvopError
 from ..models import LoadConfig, LoadedModel, load
 from ..record import RECORD_NAME, PruningRecord
 
+
 class TasksUnavailable(EvopError):
     """The harness or the tasks' data cannot be had: the same for every model, so a report of many
     models says so once instead of failing each one (a failure while scoring a model is not this)."""

@@ -431,15 +431,15 @@ def render(record: PruningRecord, repo_id: str | None = None, license_files: lis
     if speed and speed.get("speedup", {}).get("decode"):
         summary += f" It decodes {speed['speedup']['decode']:.2f}× as fast as the source ({speed.get('hardware', speed.get('device'))})."
     scores = record.scores or {}
+    branch = f", revision={revision!r}" if revision and revision != "main" else ""
     return ModelCard.from_template(
         card_data(record, name, license_files),
         template_str=TEMPLATE,
         title=name,
         summary=summary,
         load_id=repo_id or "path/to/this/directory",
-        load_kwargs=(f", revision={revision!r}" if revision and revision != "main" else "")
-        + (", trust_remote_code=True" if "trust_remote_code" in format_note else ""),
-        tokenizer_kwargs=f", revision={revision!r}" if revision and revision != "main" else "",
+        load_kwargs=branch + (", trust_remote_code=True" if "trust_remote_code" in format_note else ""),
+        tokenizer_kwargs=branch,
         format_note=format_note,
         width=width,
         width_summary=search.get("summary", ""),

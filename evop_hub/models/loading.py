@@ -520,6 +520,11 @@ def check_is_source(record: PruningRecord, model: torch.nn.Module, name: str) ->
                         "parameters); compare with that one")
 
 
+def dtype_name(model: torch.nn.Module) -> str:
+    """The weights' dtype as `--dtype` spells it (bfloat16, float32)."""
+    return str(next(model.parameters()).dtype).removeprefix("torch.")
+
+
 def describe(loaded: LoadedModel) -> dict[str, Any]:
     """Facts `evop-hub info` prints: what a user needs to choose how many blocks to drop."""
     model = loaded.model
@@ -538,7 +543,7 @@ def describe(loaded: LoadedModel) -> dict[str, Any]:
         "parameters": params,
         "parameters_per_block": per_block,
         "blocks_share_of_parameters": round(per_block * len(blocks) / params, 4) if params else None,
-        "dtype": str(dtype).removeprefix("torch."),
+        "dtype": dtype_name(model),
         "memory_bytes": params * dtype.itemsize,
         "context_length": getattr(model.config.get_text_config(), "max_position_embeddings", None),
     }

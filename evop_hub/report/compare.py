@@ -37,11 +37,10 @@ from pathlib import Path
 from types import UnionType
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
-
-from ..progress import bar
 from ..errors import EvopError
 from ..files import atomic_path
 from ..models import count_parameters, find_blocks, input_device
+from ..progress import bar
 from ..search import METHODS, SearchConfig, num_drop
 
 log = logging.getLogger(__name__)
@@ -435,9 +434,8 @@ def run_cell(ws: Workspace, key: CellKey) -> dict[str, Any]:
         "block_forwards": evaluator.stats.block_forwards - before["block_forwards"],
         "heldout": _heldout_numbers(ws.heldout.score(result.mask)),
         # Table 1's "parameters removed" without a pruned copy (speed off): the dropped blocks' own parameters
-        "parameters_before": count_parameters(ws.loaded.model),
-        "parameters_after": count_parameters(ws.loaded.model)
-        - sum(p.numel() for i in result.mask for p in find_blocks(ws.loaded.model)[i].parameters()),
+        "parameters_before": (total := count_parameters(ws.loaded.model)),
+        "parameters_after": total - sum(p.numel() for i in result.mask for p in find_blocks(ws.loaded.model)[i].parameters()),
     }
     if (c.speed or c.tasks) and key.cluster is None:
         pruned = copy.deepcopy(ws.loaded.model)

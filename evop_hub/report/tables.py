@@ -75,8 +75,8 @@ def _protocol(results: dict[str, Any]) -> list[str]:
     c, blocks = results["config"], results["blocks"]
     ks = ", ".join(f"{s:g} → k={math.ceil(s * blocks)}" for s in c["sparsities"])
     windows = results.get("heldout_windows") or {}
-    held = "; ".join(f"{spec} ({w['form']}): {w['windows']} × {w['seq_len']} tokens" if w.get("form")
-                     else f"{spec}: {w['windows']} × {w['seq_len']} tokens" for spec, w in windows.items())
+    held = "; ".join(f"{spec}{' (' + w['form'] + ')' if w.get('form') else ''}: {w['windows']} × {w['seq_len']} tokens"
+                     for spec, w in windows.items())
     truncated = (f" — only the first {c['blocks']} of the model's blocks are kept, so its perplexities say nothing "
                  "about the whole model: this protocol checks the machinery" if c["blocks"] else "")
     search = ", ".join(f"{k}={v}" for k, v in c["search"].items()) or "evop-hub's defaults"

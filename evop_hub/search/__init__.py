@@ -18,10 +18,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-
-from ..progress import bar
 from ..errors import EvopError
 from ..files import atomic_path
+from ..progress import bar
 from .evaluator import Evaluator, EvaluatorStats, Fitness, Mask, PoolEvaluator, SerialEvaluator, as_mask
 from .methods import METHODS, SearchConfig, SearchContext
 
