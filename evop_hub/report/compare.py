@@ -422,6 +422,7 @@ def run_cell(ws: Workspace, key: CellKey) -> dict[str, Any]:
                      exhaustive_limit=c.method_exhaustive_limit)
     before = evaluator.stats.as_dict()
     result = run_search(evaluator, k, search, progress=False)
+    blocks = find_blocks(ws.loaded.model)
     out = {
         "unit": "blocks",
         "k": k,
@@ -435,7 +436,7 @@ def run_cell(ws: Workspace, key: CellKey) -> dict[str, Any]:
         "heldout": _heldout_numbers(ws.heldout.score(result.mask)),
         # Table 1's "parameters removed" without a pruned copy (speed off): the dropped blocks' own parameters
         "parameters_before": (total := count_parameters(ws.loaded.model)),
-        "parameters_after": total - sum(p.numel() for i in result.mask for p in find_blocks(ws.loaded.model)[i].parameters()),
+        "parameters_after": total - sum(p.numel() for i in result.mask for p in blocks[i].parameters()),
     }
     if (c.speed or c.tasks) and key.cluster is None:
         pruned = copy.deepcopy(ws.loaded.model)
