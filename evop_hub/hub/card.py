@@ -268,7 +268,9 @@ EVOP_EVIDENCE = (
     "default (CCDS + this search) reached a lower mean held-out log-perplexity over WikiText-2, Wikipedia leads, "
     "Python documentation and Shakespeare than SLEB on random windows (3.859 vs 3.879 with 6 of 30 blocks dropped, "
     "4.397 vs 4.447 with 9 of 30), and never a higher calibration loss than SLEB on the same samples "
-    "(evop-hub's tests/benchmarks/bench_quality_gpu.md)"
+    "(evop-hub's tests/benchmarks/bench_quality_gpu.md). On Gemma 3 270M it did no better: the default and SLEB "
+    "chose the same blocks at every seed, so they tied (held-out 4.535 with 4 of 18 blocks dropped, 5.341 with 6 of "
+    "18; tests/benchmarks/bench_quality_gpu_gemma3.md)"
 )
 EVOP_EVIDENCE_ELSEWHERE = (
     "This run changed the default search or calibration, so the held-out comparison with SLEB measured for the "
@@ -285,7 +287,7 @@ def _search_lines(record: PruningRecord) -> list[str]:
         settings = ", ".join(f"{k} {config[k]}" for k in ("population", "generations", "seed") if k in config)
         lines.append(f"Search: `{search['method']}`" + (f" ({settings})" if settings else ""))
     if search.get("steps") is not None:
-        lines.append(f"Generations run: {search['steps']}" + (" (resumed)" if search.get("resumed") else ""))
+        lines.append(f"Search steps (rows of its trace): {search['steps']}" + (" (resumed)" if search.get("resumed") else ""))
     if stats.get("evaluations") is not None:
         lines.append(f"Candidate masks evaluated: {stats['evaluations']:,}")
     if search.get("seconds") is not None:

@@ -254,10 +254,11 @@ def evop(ctx: SearchContext) -> Mask:
         population = children
         ctx.checkpoint({"population": [list(m) for m in population], "generation": generation,
                         "stale": stale, "best_loss": best_loss, "rng": ctx.rng.getstate()})
-    best = _best(ctx.evaluator.evaluate(population, survivors=1))
+    # The last children are scored too: the answer may be among them, and the trace must end on the answer.
+    best, phase = _best(ctx.evaluator.evaluate(population, survivors=1)), "last_children"
     if cfg.local_search:
-        best = local_search(ctx, best)
-        ctx.report(_row(generation + 1, [best], best, phase="local_search"))
+        best, phase = local_search(ctx, best), "local_search"
+    ctx.report(_row(generation + 1, [best], best, phase=phase))
     return best.mask
 
 

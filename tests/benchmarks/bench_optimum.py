@@ -29,6 +29,8 @@ def main():
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=32)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
+    parser.add_argument("--local-search", action=argparse.BooleanOptionalAction, default=SearchConfig().local_search,
+                        help="end with the swap local search (--no-local-search: the paper's EPPS alone)")
     parser.add_argument("--data", default="../shared/data/wikitext-2/valid.txt")
     args = parser.parse_args()
     loaded = evop_hub.load("smollm2-135m")
@@ -59,14 +61,17 @@ def main():
     cosines = SerialEvaluator(loaded.model, calibration).layer_cosines(1)
     print(json.dumps({"redundancy_rank": sorted(range(args.blocks), key=lambda i: 1 - cosines[i])}), flush=True)
     for seed in args.seeds:
-        result, stats, seconds = run(SearchConfig(method="evop", seed=seed, seed_sleb=False))
+        config = SearchConfig(method="evop", seed=seed, seed_sleb=False, local_search=args.local_search)
+        result, stats, seconds = run(config)
         # When the search first held the optimum (trace rows carry the evaluator's counters at each step's end);
         # what follows it is the search certifying it: generations without improvement, then the swap local search.
-        reached = next(row for row in result.trace if row.get("best_mask") == list(exhaustive.mask))
+        reached = next((row for row in result.trace if row.get("best_mask") == list(exhaustive.mask)), None)
+        when = {} if reached is None else {
+            "reached_at_step": reached["step"], "reached_masks": reached["evaluations"],
+            "reached_block_calls": reached["block_forwards"],
+            "reached_share_of_naive": round(reached["block_forwards"] / naive, 3)}
         print(json.dumps({"method": "evop", "seed": seed, "mask": list(result.mask), "loss": round(result.loss, 6),
-                          "optimum": result.mask == exhaustive.mask, "reached_at_step": reached["step"],
-                          "reached_masks": reached["evaluations"], "reached_block_calls": reached["block_forwards"],
-                          "reached_share_of_naive": round(reached["block_forwards"] / naive, 3), "masks": stats.evaluations,
+                          "optimum": result.mask == exhaustive.mask, **when, "masks": stats.evaluations,
                           "block_calls": stats.block_forwards, "share_of_naive": round(stats.block_forwards / naive, 3),
                           "seconds": round(seconds, 1)}), flush=True)
     print(json.dumps({"args": vars(args), "naive_block_calls": naive, "torch": torch.__version__,

@@ -182,11 +182,18 @@ def test_evop_evidence_quotes_the_committed_quality_benchmark():
 
     from evop_hub.hub.card import EVOP_EVIDENCE
 
-    result = json.loads((Path(__file__).resolve().parents[1] / "benchmarks" / "bench_quality_gpu.json").read_text())
+    benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
+    result = json.loads((benchmarks / "bench_quality_gpu.json").read_text())
     assert result["acceptance"]["holds"]
     for row in result["models"][0]["summary"]:
         mean = row["heldout_mean"]
         assert f"{mean['evop_ccds']:.3f} vs {mean['sleb_random']:.3f} with {row['k']} of 30" in EVOP_EVIDENCE
+    # Gemma 3: a tie, said as one.
+    gemma = json.loads((benchmarks / "bench_quality_gpu_gemma3.json").read_text())["models"][0]
+    for row in gemma["summary"]:
+        mean = row["heldout_mean"]
+        assert mean["evop_ccds"] == mean["sleb_random"] and not row["heldout_win"]
+        assert f"{mean['evop_ccds']:.3f}" in EVOP_EVIDENCE and f"{row['k']} of {gemma['blocks']}" in EVOP_EVIDENCE
 
 
 def test_default_repo_names_differ_by_method():

@@ -82,8 +82,19 @@ def test_evop_keeps_k_fixed_and_is_reproducible(setup):
     assert len(a.mask) == 3 and a.mask == b.mask
     assert [r["best"] for r in a.trace] == [r["best"] for r in b.trace]
     assert all(len(r["best_mask"]) == 3 for r in a.trace)
-    bests = [r["best"] for r in a.trace if r.get("phase") != "local_search"]
+    bests = [r["best"] for r in a.trace if r.get("phase") is None]
     assert bests == sorted(bests, reverse=True), "elitism: the best loss never gets worse"
+
+
+@pytest.mark.parametrize("local", [True, False])
+def test_evop_trace_ends_on_the_answer(setup, local):
+    """The last children are scored after the last generation; without the local search they once went
+    untraced, so a run could return a better mask than its trace's best."""
+    config = SearchConfig(method="evop", population=6, generations=2, seed=3, local_search=local)
+    result = run_search(fresh(setup), 3, config, progress=False)
+    assert result.trace[-1]["best_mask"] == list(result.mask) and result.trace[-1]["best"] == result.loss
+    assert result.trace[-1]["phase"] == ("local_search" if local else "last_children")
+    assert result.loss == min(r["best"] for r in result.trace)
 
 
 def test_evop_result_is_a_local_optimum_under_swaps(setup):
