@@ -45,6 +45,13 @@ Device calls, each right after the one before:
       export PYTHONPATH=$HOME/evop-site:$PWD EVOP_CACHE=$PWD/.gpudata/cache HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 &&
       python3 tests/benchmarks/bench_quality.py --tier gpu --models gemma3-270m --ks 4,6 \
         --data-dir .gpudata/wikitext-2 --out $OUT/bench_quality_gpu_gemma3
- The 13B-shape search benchmark needs only the checkout:
+ 6)   issue 6's open follow-up, the full held-out oracle on Gemma 3, one call per k (k = 4, then 6). Name no
+      carry: a carried .gpudata replaces the machine's copy, and with it the Gemma 3 conversion that call 5
+      cached there. Redoing it cost about 2 minutes of each call on 2026-11-23. That the machine keeps its
+      ignored .gpudata between calls comes from the device notes; it has not been tried yet:
+      export PYTHONPATH=$HOME/evop-site:$PWD EVOP_CACHE=$PWD/.gpudata/cache HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 &&
+      cd tests/benchmarks && python3 bench_heldout_oracle.py --model gemma3-270m --ks 4 \
+        --runs bench_quality_gpu_gemma3.json --data-dir ../../.gpudata/wikitext-2 --out $OUT/heldout_oracle_gemma3_k4
+ The 13B-shape search benchmark needs only the checkout (measured 2026-11-23, see bench_search.md):
       python3 tests/benchmarks/bench_search.py --model llama-2-13b-shape --device cuda --samples 5 --seq-len 2048
 TXT
