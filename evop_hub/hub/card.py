@@ -287,7 +287,8 @@ def _search_lines(record: PruningRecord) -> list[str]:
         settings = ", ".join(f"{k} {config[k]}" for k in ("population", "generations", "seed") if k in config)
         lines.append(f"Search: `{search['method']}`" + (f" ({settings})" if settings else ""))
     if search.get("steps") is not None:
-        lines.append(f"Search steps (rows of its trace): {search['steps']}" + (" (resumed)" if search.get("resumed") else ""))
+        resumed = " (resumed)" if search.get("resumed") else ""
+        lines.append(f"Search steps (rows of its trace): {search['steps']}{resumed}")
     if stats.get("evaluations") is not None:
         lines.append(f"Candidate masks evaluated: {stats['evaluations']:,}")
     if search.get("seconds") is not None:

@@ -31,10 +31,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from bench_quality import TIERS, hardware, held_out, write
+from bench_quality import TIERS, hardware, held_out, load_model, write
 
-import evop_hub
-from evop_hub.models import LoadConfig
 from evop_hub.search import SerialEvaluator
 
 
@@ -65,10 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
     overrides = {name: getattr(args, name) for name in ("data_dir", "heldout_windows", "heldout_seq_len")}
     protocol = replace(TIERS[args.tier], **{name: value for name, value in overrides.items() if value is not None})
     start = time.perf_counter()
-    loaded = evop_hub.load(args.model, LoadConfig(dtype=protocol.dtype))
-    loaded.model.to(protocol.device)
-    if protocol.blocks is not None:
-        evop_hub.drop(loaded, range(protocol.blocks, loaded.record.num_blocks))
+    loaded = load_model(args.model, protocol)
     heldout = held_out(loaded, protocol)
     counts = {spec: tuple(ids.shape) for spec, ids in heldout.windows.items()}
     windows = equal_weights(heldout.windows).to(protocol.device)
@@ -83,6 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
     command = shlex.join(["python3", sys.argv[0], *(sys.argv[1:] if argv is None else argv)])
     result = {"model": args.model, "command": command, "hardware": hardware(), "windows": counts,
               "dense": evaluator.loss(()), "ks": {}}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     for k in args.ks:
         masks = list(itertools.combinations(range(blocks), k))
         if args.radius is not None:
@@ -101,7 +97,6 @@ def main(argv: list[str] | None = None) -> dict:
         print(json.dumps({"k": k, "best": result["ks"][k]["top"][0], "chosen": ranks}), flush=True)
         result["seconds"] = round(time.perf_counter() - start, 1)
         result["evaluator"] = evaluator.stats.as_dict()
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         write(Path(args.out + ".json"), json.dumps(result, indent=1))  # after each k: a cut-off run keeps what it did
         write(Path(args.out + ".md"), markdown(args.model, result, args.top))
     return result
@@ -110,13 +105,15 @@ def main(argv: list[str] | None = None) -> dict:
 def markdown(model: str, result: dict, top: int) -> str:
     lines = [f"# Held-out oracle: {model}", "", f"Command: `{result['command']}`", "",
              f"Hardware: {result['hardware']}. Wall time {result['seconds']:.0f} s. Held-out windows per corpus "
-             f"(windows, tokens), each corpus's repeated up to a common count: {result['windows']}. Dense held-out mean log-ppl {result['dense']:.4f}.", ""]
+             f"(windows, tokens), each corpus's repeated up to a common count: {result['windows']}. "
+             f"Dense held-out mean log-ppl {result['dense']:.4f}.", ""]
     for k, row in result["ks"].items():
         scope = "all of them" if row["radius"] is None else f"those within {row['radius']} swap(s) of a chosen pattern"
         lines += [f"## k = {k} ({row['patterns']:,} patterns scored: {scope})", "",
                   "| rank | mask | held-out mean log-ppl |", "|---|---|---|"]
         lines += [f"| {i + 1} | {t['mask']} | {t['heldout_mean']:.4f} |" for i, t in enumerate(row["top"])]
-        lines += ["", "Patterns chosen in the `--runs` benchmark:", "", "| mask | held-out | rank | chosen by |", "|---|---|---|---|"]
+        lines += ["", "Patterns chosen in the `--runs` benchmark:", "",
+                  "| mask | held-out | rank | chosen by |", "|---|---|---|---|"]
         lines += [f"| {mask} | {c['heldout_mean']:.4f} | {c['rank'] or f'> {top}'} | {', '.join(c['runs'])} |"
                   for mask, c in row["chosen"].items()]
         lines.append("")

@@ -131,12 +131,18 @@ def search(evaluator: SerialEvaluator, k: int, config: SearchConfig, heldout: He
     }
 
 
-def run_model(name: str, protocol: Protocol, bar: tqdm) -> dict[str, Any]:
+def load_model(name: str, protocol: Protocol):
+    """The model as the protocol measures it: its dtype and device, only its first ``blocks`` blocks."""
     loaded = evop_hub.load(name, LoadConfig(dtype=protocol.dtype))
     loaded.model.to(protocol.device)
     total = loaded.record.num_blocks
     if protocol.blocks is not None and protocol.blocks < total:
         evop_hub.drop(loaded, range(protocol.blocks, total))
+    return loaded
+
+
+def run_model(name: str, protocol: Protocol, bar: tqdm) -> dict[str, Any]:
+    loaded = load_model(name, protocol)
     heldout = held_out(loaded, protocol)
     defaults = PruneConfig()  # what `evop-hub prune` runs unless told otherwise
     valid = load_corpus("wikitext2:valid", data_dir=protocol.data_dir)
@@ -165,7 +171,7 @@ def run_model(name: str, protocol: Protocol, bar: tqdm) -> dict[str, Any]:
     return {
         "model": name,
         "blocks": len(loaded.record.kept_blocks),
-        "source_blocks": total,
+        "source_blocks": loaded.record.num_blocks,  # the record counts blocks in the original numbering
         "heldout_windows": heldout.info,
         "dense": score(heldout, ()),
         "search_defaults": asdict(defaults.search),

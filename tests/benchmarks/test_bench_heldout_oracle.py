@@ -9,9 +9,7 @@ from dataclasses import replace
 import pytest
 import torch
 from bench_heldout_oracle import equal_weights, main
-from bench_quality import TIERS, held_out, score
-
-import evop_hub
+from bench_quality import TIERS, held_out, load_model, score
 
 pytestmark = pytest.mark.integration
 BLOCKS, WINDOWS, SEQ_LEN, TOP = 12, 1, 32, 3
@@ -25,10 +23,9 @@ def test_oracle_ranks_patterns_as_brute_force_does(wikitext_dir, tmp_path):
                    "--heldout-windows", str(WINDOWS), "--heldout-seq-len", str(SEQ_LEN),
                    "--data-dir", str(wikitext_dir), "--out", str(tmp_path / "oracle")])
 
-    protocol = replace(TIERS["cpu"], heldout_windows=WINDOWS, heldout_seq_len=SEQ_LEN, data_dir=str(wikitext_dir))
-    loaded = evop_hub.load("smollm2-135m")
-    evop_hub.drop(loaded, range(BLOCKS, loaded.record.num_blocks))
-    heldout = held_out(loaded, protocol)
+    protocol = replace(TIERS["cpu"], blocks=BLOCKS, heldout_windows=WINDOWS, heldout_seq_len=SEQ_LEN,
+                       data_dir=str(wikitext_dir))
+    heldout = held_out(load_model("smollm2-135m", protocol), protocol)
     means = {(i,): score(heldout, (i,))["heldout_mean"] for i in range(BLOCKS)}
     ranking = sorted(means, key=means.get)
 
