@@ -6,6 +6,10 @@ can win), or because they all miss it the same way? This scores every C(m, k) pa
 windows of ``bench_quality``'s protocol, exactly, with the search evaluator (early termination keeps the
 ``--top`` lowest exact), and ranks the patterns a ``bench_quality`` run chose among them.
 
+The full scan is ``evop-hub prune --method exhaustive`` on the held-out windows: it checkpoints every
+``--chunk`` patterns into ``--state``, and the same command run again resumes there, so a scan longer
+than one device call (the 18,564 patterns of k = 6 on Gemma 3) is finished by calling it again.
+
 The held-out windows of all corpora go through one evaluator, each corpus's repeated up to a common
 count, so that the mean NLL over all their tokens equals ``bench_quality``'s held-out mean (the mean
 over corpora of the per-corpus NLL).
@@ -14,8 +18,8 @@ over corpora of the per-corpus NLL).
         --runs bench_quality_gpu_gemma3.json --data-dir ../../.gpudata/wikitext-2 --out $OUT/heldout_oracle_gemma3
 
 ``--radius R`` scores only the patterns within R swaps of a chosen one. Without it every pattern is
-scored: on Gemma 3 270M (262k-token vocabulary, float32 loss) the 3,060 patterns of k = 4 took more than
-7 minutes on an H100, so give such a run a device call of its own per k.
+scored: on Gemma 3 270M (262k-token vocabulary, float32 loss) the 3,060 patterns of k = 4 did not finish
+in one 580 s device call on an H100 (2026-11-23, before the scan could resume).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from pathlib import Path
 import torch
 from bench_quality import TIERS, hardware, held_out, load_model, write
 
-from evop_hub.search import SerialEvaluator
+from evop_hub.search import SearchConfig, SerialEvaluator, run_search
 
 
 def equal_weights(windows: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -55,6 +59,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--top", type=int, default=20, help="patterns scored exactly")
     parser.add_argument("--radius", type=int, help="score only the patterns within this many swaps of a --runs pattern")
     parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--chunk", type=int, default=128, help="patterns of the full scan per checkpoint")
+    parser.add_argument("--state", help="the full scan's checkpoints, where a rerun resumes (default: OUT.state)")
     parser.add_argument("--heldout-windows", type=int, help="override the tier's windows per corpus")
     parser.add_argument("--heldout-seq-len", type=int, help="override the tier's window length")
     parser.add_argument("--data-dir")
@@ -81,8 +87,13 @@ def main(argv: list[str] | None = None) -> dict:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     for k in args.ks:
         masks = list(itertools.combinations(range(blocks), k))
+        scan = None
         if args.radius is not None:
             masks = sorted({m for m in masks for c in chosen.get(k, {}) if len(set(m) - set(c)) <= args.radius})
+        else:  # the scan finds the best exactly; the call below then completes whatever may be in the top
+            config = SearchConfig(method="exhaustive", chunk=args.chunk, exhaustive_limit=len(masks))
+            scan = run_search(evaluator, k, config, state_dir=Path(args.state or args.out + ".state") / f"k{k}",
+                              resume=True)
         fits = evaluator.evaluate(masks, survivors=args.top)
         exact = sorted((f for f in fits if f.complete), key=lambda f: f.loss)[: args.top]
         bar = exact[-1].loss
@@ -93,6 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
             ranks[str(list(mask))] = {"runs": runs, "heldout_mean": loss,
                                       "rank": None if better is None else better + 1}
         result["ks"][k] = {"patterns": len(masks), "radius": args.radius,
+                           "scan": scan and {"seconds": scan.seconds, "resumed": scan.resumed},
                            "top": [{"mask": list(f.mask), "heldout_mean": f.loss} for f in exact], "chosen": ranks}
         print(json.dumps({"k": k, "best": result["ks"][k]["top"][0], "chosen": ranks}), flush=True)
         result["seconds"] = round(time.perf_counter() - start, 1)
@@ -109,6 +121,8 @@ def markdown(model: str, result: dict, top: int) -> str:
              f"Dense held-out mean log-ppl {result['dense']:.4f}.", ""]
     for k, row in result["ks"].items():
         scope = "all of them" if row["radius"] is None else f"those within {row['radius']} swap(s) of a chosen pattern"
+        if row.get("scan"):  # absent from runs made before the scan could resume
+            scope += f", scanned in {row['scan']['seconds']:.0f} s{' over several calls' if row['scan']['resumed'] else ''}"
         lines += [f"## k = {k} ({row['patterns']:,} patterns scored: {scope})", "",
                   "| rank | mask | held-out mean log-ppl |", "|---|---|---|"]
         lines += [f"| {i + 1} | {t['mask']} | {t['heldout_mean']:.4f} |" for i, t in enumerate(row["top"])]
