@@ -49,13 +49,13 @@ Device calls, each right after the one before:
  6)   issue 6's open follow-up, the full held-out oracle on Gemma 3 (3,060 patterns at k = 4, 18,564 at k = 6).
       The scan checkpoints into .oracle-state (ignored, so the machine keeps it between calls) and the same
       call made again resumes it: repeat it until heldout_oracle_gemma3_full.json holds both k. The state comes
-      back under $OUT; should the machine be released in between, copy it to .oracle-state here and carry it.
+      back as $OUT/oracle-state; should the machine be released in between, copy that to .oracle-state here and carry it.
       Name no other carry: a carried .gpudata replaces the machine's copy, and with it the Gemma 3 conversion
       that call 5 cached there (redoing it cost about 2 minutes of a call on 2026-11-23):
       export PYTHONPATH=$HOME/evop-site:$PWD EVOP_CACHE=$PWD/.gpudata/cache HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 &&
       cd tests/benchmarks && timeout 560 python3 bench_heldout_oracle.py --model gemma3-270m --ks 4,6 \
         --runs bench_quality_gpu_gemma3.json --data-dir ../../.gpudata/wikitext-2 --state ../../.oracle-state \
-        --out $OUT/heldout_oracle_gemma3_full; cp -r ../../.oracle-state $OUT/
+        --out $OUT/heldout_oracle_gemma3_full; cp -r ../../.oracle-state $OUT/oracle-state
  The 13B-shape search benchmark needs only the checkout (measured 2026-11-23, see bench_search.md):
       python3 tests/benchmarks/bench_search.py --model llama-2-13b-shape --device cuda --samples 5 --seq-len 2048
 TXT
