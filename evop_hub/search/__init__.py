@@ -115,12 +115,20 @@ def run_search(
     trace: list[dict[str, Any]] = saved.get("trace", [])
     elapsed = saved.get("seconds", 0.0)
     started = time.perf_counter()
-    progress_bar = bar(desc=f"{config.method} k={k}", unit="step", disable=not progress, initial=len(trace))
+    # An enumeration (exhaustive, random) reports patterns done "of" all: its bar counts patterns, with an ETA.
+    # The other methods' bars count steps, whose number the method decides as it goes.
+    last = trace[-1] if trace else {}
+    progress_bar = bar(desc=f"{config.method} k={k}", unit="pattern" if "of" in last else "step", total=last.get("of"),
+                       initial=last["step"] if "of" in last else len(trace), disable=not progress)
 
     def report(row: dict[str, Any]) -> None:
         row = {**row, **evaluator.stats.as_dict(), "seconds": round(elapsed + time.perf_counter() - started, 3)}
         trace.append(row)
-        progress_bar.update(1)
+        if "of" in row:
+            progress_bar.total, progress_bar.unit = row["of"], "pattern"
+            progress_bar.update(row["step"] - progress_bar.n)
+        else:
+            progress_bar.update(1)
         if row.get("best") is not None:
             progress_bar.set_postfix(best=f"{row['best']:.4f}", evals=row["evaluations"])
 

@@ -38,6 +38,17 @@ def test_exhaustive_finds_the_brute_force_optimum(setup):
     assert result.loss == pytest.approx(best.loss, rel=1e-6)  # batch 1 vs 3: float32 rounding only
 
 
+def test_enumerations_show_patterns_done_of_all(setup, tmp_path, capsys):
+    """Exhaustive and random search know how many patterns they try: the bar counts those, so it has an ETA,
+    and a resumed run's bar starts at the patterns already done, not at its count of checkpoints."""
+    config, total = SearchConfig(method="exhaustive", chunk=10), math.comb(LAYERS, 3)
+    run_search(fresh(setup), 3, config, state_dir=tmp_path)
+    first = capsys.readouterr().err.split("\r")
+    assert f" 10/{total} " in first[2] and f" {total}/{total} " in first[-1] and "pattern" in first[-1]
+    run_search(fresh(setup), 3, config, state_dir=tmp_path, resume=True)
+    assert all(f" {total}/{total} " in line for line in capsys.readouterr().err.split("\r") if "exhaustive" in line)
+
+
 def test_exhaustive_refuses_huge_spaces(setup):
     with pytest.raises(EvopError, match=r"C\(8,4\) = 70"):
         run_search(fresh(setup), 4, SearchConfig(method="exhaustive", exhaustive_limit=50), progress=False)
