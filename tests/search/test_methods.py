@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from evop_hub import progress
 from evop_hub.errors import EvopError
 from evop_hub.search import SearchConfig, SerialEvaluator, run_search
 
@@ -38,9 +39,10 @@ def test_exhaustive_finds_the_brute_force_optimum(setup):
     assert result.loss == pytest.approx(best.loss, rel=1e-6)  # batch 1 vs 3: float32 rounding only
 
 
-def test_enumerations_show_patterns_done_of_all(setup, tmp_path, capsys):
+def test_enumerations_show_patterns_done_of_all(setup, tmp_path, capsys, monkeypatch):
     """Exhaustive and random search know how many patterns they try: the bar counts those, so it has an ETA,
     and a resumed run's bar starts at the patterns already done, not at its count of checkpoints."""
+    monkeypatch.setattr(progress, "_shown", True)  # a `--quiet` CLI test earlier in this process silenced bars
     config, total = SearchConfig(method="exhaustive", chunk=10), math.comb(LAYERS, 3)
     run_search(fresh(setup), 3, config, state_dir=tmp_path)
     renders = capsys.readouterr().err.split("\r")
