@@ -50,8 +50,9 @@ Device calls, each right after the one before:
       The scan checkpoints into .oracle-state (ignored, so the machine keeps it between calls) and the same
       call made again resumes it: repeat it until heldout_oracle_gemma3_full.json holds both k. The state comes
       back as $OUT/oracle-state; should the machine be released in between, copy that to .oracle-state here and carry it.
-      Name no other carry: a carried .gpudata replaces the machine's copy, and with it the Gemma 3 conversion
-      that call 5 cached there (redoing it cost about 2 minutes of a call on 2026-11-23):
+      Without call 5 before it, the first of these calls carries [".gpudata"] and starts with call 5's pip
+      install line. Later ones name no other carry: a carried .gpudata replaces the machine's copy, and with it
+      the Gemma 3 conversion cached there (redoing it cost about 2 minutes of a call on 2026-11-23):
       export PYTHONPATH=$HOME/evop-site:$PWD EVOP_CACHE=$PWD/.gpudata/cache HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 &&
       cd tests/benchmarks && timeout 560 python3 bench_heldout_oracle.py --model gemma3-270m --ks 4,6 \
         --runs bench_quality_gpu_gemma3.json --data-dir ../../.gpudata/wikitext-2 --state ../../.oracle-state \
