@@ -18,8 +18,9 @@ over corpora of the per-corpus NLL).
         --runs bench_quality_gpu_gemma3.json --data-dir ../../.gpudata/wikitext-2 --out $OUT/heldout_oracle_gemma3
 
 ``--radius R`` scores only the patterns within R swaps of a chosen one. Without it every pattern is
-scored: on Gemma 3 270M (262k-token vocabulary, float32 loss) the 3,060 patterns of k = 4 did not finish
-in one 580 s device call on an H100 (2026-11-23, before the scan could resume).
+scored: on Gemma 3 270M (262k-token vocabulary, float32 loss) an H100 scans about 8 patterns a second, so
+k = 4's 3,060 took one device call (heldout_oracle_gemma3_full.md) and k = 6's 18,564 take several; their
+checkpoint is tracked (heldout_oracle_gemma3_full.state, see gpu_prepare.sh).
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.perf_counter()
     loaded = load_model(args.model, protocol)
     heldout = held_out(loaded, protocol)
-    counts = {spec: tuple(ids.shape) for spec, ids in heldout.windows.items()}
+    counts = {spec: list(ids.shape) for spec, ids in heldout.windows.items()}  # as JSON gives them back
     windows = equal_weights(heldout.windows).to(protocol.device)
     evaluator = SerialEvaluator(loaded.model, windows, batch_size=args.batch_size, cache_bytes=8 << 30)
     chosen = {}
