@@ -33,7 +33,6 @@ import json
 import shlex
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -41,6 +40,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from bench_quality import TIERS, hardware, load_model, write
+from bench_search import timed
 
 from evop_hub.models.runner import BlockRunner
 
@@ -76,19 +76,10 @@ def variants(runner: BlockRunner) -> dict[str, Loss]:
     }
 
 
-def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> tuple[float, object]:
-    """Median seconds over ``repeats`` calls after one warm-up call, and the last call's result."""
+def median_timed(fn: Callable[[], object], device: str, repeats: int) -> tuple[float, object]:
+    """Median seconds over ``repeats`` calls after a warm-up call, whose result it returns (all are equal)."""
     result = fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        result = fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
+    return statistics.median(timed(fn, device) for _ in range(repeats)), result
 
 
 @torch.no_grad()
@@ -104,10 +95,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", required=True, help="writes OUT.json and OUT.md")
     args = parser.parse_args(argv)
     loaded = load_model(args.model, replace(TIERS["cpu"], blocks=None, dtype=args.dtype, device=args.device))
-    device = torch.device(args.device)
     runner = BlockRunner(loaded.model)
     vocab = runner.head.weight.shape[0]
-    ids = torch.randint(vocab, (args.windows, args.seq_len), generator=torch.Generator().manual_seed(0)).to(device)
+    ids = torch.randint(vocab, (args.windows, args.seq_len), generator=torch.Generator().manual_seed(0)).to(args.device)
     batches = list(torch.split(ids, args.batch_size))
     contexts = [runner.prepare(batch) for batch in batches]
 
@@ -120,20 +110,22 @@ def main(argv: list[str] | None = None) -> dict:
             for start in range(0, states.shape[1], runner.chunk_tokens):
                 runner.logits(states[:, start : start + runner.chunk_tokens])
 
-    blocks_s, finals = timed(walk, device, args.repeats)
-    head_s, _ = timed(head_only, device, args.repeats)
-    runner_s, reference = timed(lambda: torch.cat([runner.nll_rows(h, b) for h, b in zip(finals, batches)]),
-                                device, args.repeats)
-    result = {"model": args.model, "dtype": args.dtype, "device": str(device), "vocab": vocab,
+    blocks_s, finals = median_timed(walk, args.device, args.repeats)
+    head_s, _ = median_timed(head_only, args.device, args.repeats)
+    runner_s, reference = median_timed(lambda: torch.cat([runner.nll_rows(h, b) for h, b in zip(finals, batches)]),
+                                       args.device, args.repeats)
+    result = {"model": args.model, "dtype": args.dtype, "device": args.device, "vocab": vocab,
               "windows": args.windows, "seq_len": args.seq_len, "chunk_tokens": runner.chunk_tokens,
               "command": shlex.join(["python3", sys.argv[0], *(sys.argv[1:] if argv is None else argv)]),
               "hardware": hardware(),
-              "ms": {"blocks (dense walk)": blocks_s * 1e3, "head matmul only": head_s * 1e3, "runner loss": runner_s * 1e3},
+              "ms": {"blocks (dense walk)": blocks_s * 1e3, "head matmul only": head_s * 1e3, "head and loss, runner (nll_rows)": runner_s * 1e3},
               "variants": {}}
     for name, loss in variants(runner).items():
         try:
-            seconds, values = timed(lambda loss=loss: torch.cat([rows(runner, h, b, loss) for h, b in zip(finals, batches)]),
-                                    device, args.repeats)
+            def scored(loss=loss):
+                return torch.cat([rows(runner, h, b, loss) for h, b in zip(finals, batches)])
+
+            seconds, values = median_timed(scored, args.device, args.repeats)
         except Exception as error:  # noqa: BLE001 - a variant this torch or device lacks is a result, not a failure
             result["variants"][name] = {"unsupported": str(error).strip().splitlines()[0].split(". ")[0]}
             continue
@@ -153,7 +145,7 @@ def markdown(result: dict) -> str:
               f"{result['seq_len']} random tokens; {result['chunk_tokens']} positions per loss call. Medians."), "",
              "| part | ms |", "|---|---|"]
     lines += [f"| {name} | {ms:.1f} |" for name, ms in result["ms"].items()]
-    lines += ["", "| loss variant | ms | speedup over the runner's loss | max abs diff of a sequence's NLL sum | max rel diff |",
+    lines += ["", "| head and loss, variant | ms | speedup over the runner | max abs diff of a sequence's NLL sum | max rel diff |",
               "|---|---|---|---|---|"]
     for name, row in result["variants"].items():
         if "unsupported" in row:

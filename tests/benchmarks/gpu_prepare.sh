@@ -51,7 +51,7 @@ Device calls, each right after the one before:
       and sends it back as $OUT/state; copy that over the tracked folder (and commit it) before the next call.
       Every call carries [".gpudata"] and installs its wheels again: on 2026-11-23 a call that carried nothing
       found neither .gpudata's cache nor a folder the call before it had written. So each call also redoes the
-      Gemma 3 conversion (about 100 s of its 575 s); the scan then goes at about 8 patterns a second on an H100.
+      Gemma 3 conversion before it scans, at about 8 patterns a second on an H100 (the checkpoint's trace).
       python3 -m pip install -q --no-index --no-deps --target $HOME/evop-site .gpudata/*.whl &&
       export PYTHONPATH=$HOME/evop-site:$PWD EVOP_CACHE=$PWD/.gpudata/cache HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 &&
       cd tests/benchmarks && timeout 560 python3 bench_heldout_oracle.py --model gemma3-270m --ks 6 \
