@@ -56,10 +56,11 @@ def rows(runner: BlockRunner, hidden: torch.Tensor, ids: torch.Tensor, loss: Los
     return torch.cat(parts).double().cpu().view(ids.shape[0], -1).sum(1)
 
 
-def variants(runner: BlockRunner) -> dict[str, Loss]:
-    def logits(states):
-        return runner.logits(states[None])[0]
+def logits(runner: BlockRunner, states: torch.Tensor) -> torch.Tensor:
+    return runner.logits(states[None])[0]
 
+
+def variants(runner: BlockRunner) -> dict[str, Loss]:
     def mm_float32_out(states, targets):
         if runner.transforms or runner.head.bias is not None:
             raise RuntimeError("the head adds a bias or a logit transform, which this variant leaves out")
@@ -69,10 +70,10 @@ def variants(runner: BlockRunner) -> dict[str, Loss]:
 
     cast_loss = torch.compile(lambda x, t: F.cross_entropy(x.float(), t, reduction="none"), dynamic=False)
     return {
-        "log_softmax_dtype": lambda s, t: F.nll_loss(F.log_softmax(logits(s), -1, dtype=torch.float32), t, reduction="none"),
-        "half_to_float": lambda s, t: F.nll_loss(torch._log_softmax(logits(s), -1, True), t, reduction="none"),
+        "log_softmax_dtype": lambda s, t: F.nll_loss(F.log_softmax(logits(runner, s), -1, dtype=torch.float32), t, reduction="none"),
+        "half_to_float": lambda s, t: F.nll_loss(torch._log_softmax(logits(runner, s), -1, True), t, reduction="none"),
         "mm_float32_out": mm_float32_out,
-        "compiled": lambda s, t: cast_loss(logits(s), t),
+        "compiled": lambda s, t: cast_loss(logits(runner, s), t),
     }
 
 
@@ -104,14 +105,12 @@ def main(argv: list[str] | None = None) -> dict:
     def walk():
         return [runner.run(ctx) for ctx in contexts]
 
-    def head_only():
-        for hidden in finals:
-            states = hidden[:, :-1].reshape(1, -1, hidden.shape[-1])
-            for start in range(0, states.shape[1], runner.chunk_tokens):
-                runner.logits(states[:, start : start + runner.chunk_tokens])
+    def scored(loss: Loss) -> torch.Tensor:
+        return torch.cat([rows(runner, h, b, loss) for h, b in zip(finals, batches)])
 
     blocks_s, finals = median_timed(walk, args.device, args.repeats)
-    head_s, _ = median_timed(head_only, args.device, args.repeats)
+    # The head alone: the same chunks, one logit a position kept so that nothing else is computed.
+    head_s, _ = median_timed(lambda: scored(lambda s, t: logits(runner, s)[:, 0].float()), args.device, args.repeats)
     runner_s, reference = median_timed(lambda: torch.cat([runner.nll_rows(h, b) for h, b in zip(finals, batches)]),
                                        args.device, args.repeats)
     result = {"model": args.model, "dtype": args.dtype, "device": args.device, "vocab": vocab,
@@ -122,10 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
               "variants": {}}
     for name, loss in variants(runner).items():
         try:
-            def scored(loss=loss):
-                return torch.cat([rows(runner, h, b, loss) for h, b in zip(finals, batches)])
-
-            seconds, values = median_timed(scored, args.device, args.repeats)
+            seconds, values = median_timed(lambda loss=loss: scored(loss), args.device, args.repeats)
         except Exception as error:  # noqa: BLE001 - a variant this torch or device lacks is a result, not a failure
             result["variants"][name] = {"unsupported": str(error).strip().splitlines()[0].split(". ")[0]}
             continue
