@@ -1,13 +1,22 @@
 """Atomic file writes: a crash or a full disk never leaves a half-written file where a finished one
-is expected (records, cards, calibration sets, search checkpoints, cached embeddings, plots)."""
+is expected (records, cards, calibration sets, search checkpoints, cached embeddings, plots); and the
+lock that lets only one run write an output directory at a time."""
 
 from __future__ import annotations
 
+import atexit
 import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from .errors import EvopError
+
+try:
+    import fcntl
+except ImportError:  # Windows: outputs are not locked
+    fcntl = None
 
 
 @contextmanager
@@ -31,3 +40,75 @@ def temp_dir(parent: str | Path, prefix: str) -> Path:
     os.umask(umask)
     path.chmod(0o777 & ~umask)
     return path
+
+
+# ---------------------------------------------------------------- one run per output directory
+# A lock file beside each output directory (beside, not inside: the final save renames the directory).
+# flock ties the lock to the open file, so a killed run's lock is released by the kernel and never goes stale;
+# the file holds the holder's process id only to name it to the run that is refused.
+_held: dict[Path, tuple[int, int]] = {}  # lock file -> (descriptor, process id), for the outputs being written
+
+
+def lock_file(output: str | Path) -> Path:
+    """The lock file of output directory ``output``: ``PARENT/.NAME.lock``."""
+    output = Path(output)
+    return output.with_name(f".{output.name}.lock")
+
+
+def hold_output(output: str | Path) -> bool:
+    """Lock ``output`` for this process until ``release_output`` (or its exit); True if this call took it.
+
+    Re-entrant within a process (``prepare_output`` then ``save`` lock the same directory); a second process
+    is refused at once, naming the process that holds it, instead of mixing two runs' files and state."""
+    path = lock_file(output)
+    if fcntl is None or _held.get(path, (None, None))[1] == os.getpid():  # no flock here, or held already
+        return False
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise EvopError(f"cannot create {path} ({exc.strerror}); choose another --output") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise EvopError(f"{output} is being written by another evop-hub run (process {holder}); wait for it "
+                            "to finish, or choose another --output") from None
+        except OSError:  # a file system without locks (some network mounts): unlocked, as without fcntl
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            return False
+        if _same_file(fd, path):  # else its last holder removed it after we opened it: lock the current file
+            break
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    _held[path] = (fd, os.getpid())
+    return True
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
+def release_output(output: str | Path) -> None:
+    """Unlock ``output`` and remove its lock file (a no-op when this process does not hold it)."""
+    _unlock(lock_file(output))
+
+
+def _unlock(path: Path) -> None:
+    fd, pid = _held.pop(path, (None, None))
+    if fd is not None and pid == os.getpid():  # a forked worker leaves its parent's lock alone
+        path.unlink(missing_ok=True)  # while still locked: a waiter that opened it sees the change and retries
+        os.close(fd)
+
+
+@atexit.register
+def _release_all() -> None:
+    """A run that stops on an error leaves no lock file beside its output."""
+    for path in list(_held):
+        _unlock(path)

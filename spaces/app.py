@@ -111,11 +111,16 @@ def build_demo(
     revision: str | None = None,
     base_revision: str | None = None,
     token: str | None = None,
+    trust_remote_code: bool = False,
 ) -> gr.Blocks:
-    """Load both models once, then serve one prompt box and two outputs."""
+    """Load both models once, then serve one prompt box and two outputs.
+
+    SliceGPT checkpoints carry their own modeling code. It runs only with ``trust_remote_code``, which the
+    user gives (`evop-hub space --trust-remote-code`, or `evop-hub push` into evop_space.json): never because
+    the served folder's own record asks for it, as a downloaded folder could.
+    """
     record = read_record(model, revision, token)
-    # SliceGPT checkpoints carry their own modeling code (evop-hub's, pushed with the weights).
-    pruned_model, pruned_tok = load(model, revision, token, trust_remote_code=record.get("method") == "slicegpt")
+    pruned_model, pruned_tok = load(model, revision, token, trust_remote_code=trust_remote_code)
     base_model, base_tok = load(base, base_revision, token) if base else (None, None)
     kept = record["num_blocks"] - len(record["dropped_blocks"])
 
@@ -163,6 +168,7 @@ def main() -> None:
         revision=config.get("revision"),
         base_revision=config.get("base_revision"),
         token=os.environ.get("HF_TOKEN"),
+        trust_remote_code=bool(config.get("trust_remote_code")),
     )
     demo.launch()
 

@@ -126,6 +126,7 @@ def space_files(
         notes=notes,
     )
     config = {"model": repo_id, "revision": revision, "base": base, "base_revision": record.source_revision}
+    config["trust_remote_code"] = record.method == "slicegpt"  # its modeling file, pushed by this user with it
     files = {name: (source / name).read_bytes() for name in APP_FILES}
     files["README.md"] = str(card).encode()
     files[CONFIG_NAME] = (json.dumps(config, indent=2) + "\n").encode()
@@ -169,17 +170,34 @@ def local_base(record: PruningRecord, output_dir: Path) -> str | None:
     return record.source_hub_id
 
 
-def build_local_demo(output_dir: str | Path, base: str | None = None, with_base: bool = True):
-    """The Space's Gradio app for a local output directory (nothing is uploaded)."""
+def runs_code(output_dir: Path, record: PruningRecord) -> bool:
+    """Whether loading ``output_dir`` would run Python from it: an ``auto_map`` in its config or tokenizer
+    config (how transformers finds a checkpoint's own code), or a SliceGPT record."""
+    for name in ("config.json", "tokenizer_config.json"):
+        try:
+            if "auto_map" in json.loads((output_dir / name).read_text()):
+                return True
+        except (OSError, ValueError, TypeError):  # absent or unreadable: loading fails on it, running nothing
+            pass
+    return record.method == "slicegpt"
+
+
+def build_local_demo(output_dir: str | Path, base: str | None = None, with_base: bool = True,
+                     trust_remote_code: bool = False):
+    """The Space's Gradio app for a local output directory (nothing is uploaded). Code shipped in the directory
+    runs only with ``trust_remote_code``: the folder may come from anyone, and its own files cannot vouch for it."""
     from .card import check_output_dir
 
     output_dir = Path(output_dir)
     record = check_output_dir(output_dir)
+    if not trust_remote_code and runs_code(output_dir, record):
+        raise EvopError(f"{output_dir} holds model code (modeling_*.py) that loading it would run; pass "
+                        "--trust-remote-code if you trust that code")
     base = (base or local_base(record, output_dir)) if with_base else None
     if not any(output_dir.glob("*.safetensors")):
         raise EvopError(f"{output_dir} holds no weights (*.safetensors); is the directory complete?")
     try:
-        return _load_app().build_demo(str(output_dir), base=base)
+        return _load_app().build_demo(str(output_dir), base=base, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
         raise EvopError(
             f"cannot load the base model {base!r} for the demo ({str(exc).splitlines()[0][:200]}); "
@@ -187,9 +205,10 @@ def build_local_demo(output_dir: str | Path, base: str | None = None, with_base:
         ) from exc
 
 
-def serve(output_dir: str | Path, port: int = 7860, base: str | None = None, with_base: bool = True) -> None:
+def serve(output_dir: str | Path, port: int = 7860, base: str | None = None, with_base: bool = True,
+          trust_remote_code: bool = False) -> None:
     """`evop-hub space DIR`: the same app on 127.0.0.1 only, blocking until interrupted."""
-    demo = build_local_demo(output_dir, base=base, with_base=with_base)
+    demo = build_local_demo(output_dir, base=base, with_base=with_base, trust_remote_code=trust_remote_code)
     try:
         demo.launch(server_name="127.0.0.1", server_port=port, share=False)
     except OSError as exc:

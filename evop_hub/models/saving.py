@@ -4,7 +4,8 @@ The output directory holds a standard checkpoint (safetensors, config, tokenizer
 generation config), ``evop_pruning.json`` and the model card. Run state (search
 checkpoints, traces) is written into ``DIR/.evop/`` during the run, survives the final save,
 and is never published. The published files are written beside the output and moved into
-place by renames once all of them are complete.
+place by renames once all of them are complete. One run at a time writes an output: it is
+locked from ``prepare_output`` to the end of ``save``.
 """
 
 from __future__ import annotations
@@ -14,51 +15,96 @@ import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 from ..errors import EvopError
-from ..files import atomic_path, temp_dir
+from ..files import atomic_path, hold_output, release_output, temp_dir
 from ..hub.card import write_card
 from ..record import RECORD_NAME, STATE_DIR
 from .loading import LoadedModel
 
 MANIFEST = "published.json"  # in DIR/.evop: the files the last save wrote
+# Files a checkpoint save writes whose names vary from save to save (shards, tokenizer formats, SliceGPT's code).
+# Without the last save's file list (a clone or download of a pushed model: .evop is never published), only these
+# and what the new save writes are taken for evop-hub's; everything else there is the user's and stays.
+CHECKPOINT_FILES = (
+    "generation_config.json", "model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json",
+    "modeling_slicegpt.py", "tokenizer*", "special_tokens_map.json", "added_tokens.json", "vocab.json",
+    "merges.txt", "chat_template.*",
+)
+# Outputs whose previous run state an --overwrite run discards once every check has passed (see prepare_output).
+_stale_state: set[Path] = set()
 
 
 def prepare_output(path: str | Path, *, overwrite: bool = False, resume: bool = False) -> Path:
-    """Check an output directory can be written, before any long work starts.
+    """Check an output directory can be written, before any long work starts, and lock it for this run.
 
     An existing directory is refused unless ``overwrite`` (start over) or ``resume`` (continue the run whose
     state is in ``DIR/.evop``; with ``overwrite`` too, start over when there is none). ``overwrite`` replaces
     only what evop-hub wrote: a directory holding neither an output nor a run is refused, whatever the flags.
+    Nothing is deleted here: the previous run's state goes only when the run starts writing (``run_state`` or
+    ``save``), after the model has loaded and proved not to be the output's own source, so a refused run loses
+    no resumable search. The lock (``hold_output``) keeps a second run off this directory until ``save``.
     """
     path = Path(path).expanduser().resolve()
     if path.exists() and not path.is_dir():
         raise EvopError(f"output {path} exists and is not a directory; choose another --output")
-    if resume and _has_run(path):
-        return path
-    if resume and not overwrite:  # a mistyped --output must not quietly start hours of work from scratch
-        raise EvopError(f"{path} holds no run to resume (no {STATE_DIR}/); drop --resume to start one, "
-                        "or check --output")
-    if path.is_dir() and any(path.iterdir()):
-        ours = (path / RECORD_NAME).is_file() or (path / STATE_DIR).is_dir()
-        if not ours:
-            raise EvopError(f"{path} holds files evop-hub did not write; choose a new or empty --output "
-                            "(--overwrite replaces only an evop-hub output)")
-        if not overwrite:
-            hint = " (or --resume to continue its run)" if _has_run(path) else ""
-            raise EvopError(f"output directory {path} already exists; pass --overwrite to replace it{hint}")
-        for entry in (path / STATE_DIR).iterdir() if (path / STATE_DIR).is_dir() else []:
-            if entry.name != MANIFEST:  # the last save's file list stays: it tells its files from the user's
-                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    _check_parent(path)
+    took = hold_output(path)
+    try:
+        _stale_state.discard(path)
+        if _vet_existing(path, overwrite=overwrite, resume=resume):
+            _stale_state.add(path)
+    except BaseException:
+        if took:
+            release_output(path)
+        raise
+    return path
+
+
+def _check_parent(path: Path) -> None:
+    """The output's parent must take the temporary directory the save is written into, and the lock file."""
     parent = path.parent
+    if parent == path:
+        raise EvopError(f"--output {path} is the file system's root; choose a directory for the model")
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise EvopError(f"cannot create {parent} ({exc.strerror}); choose another --output") from exc
     if not os.access(parent, os.W_OK | os.X_OK):
         raise EvopError(f"cannot write to {parent}; choose another --output")
-    return path
+
+
+def _vet_existing(path: Path, *, overwrite: bool, resume: bool) -> bool:
+    """Refuse what the flags do not allow for what ``path`` holds; True when the run, an --overwrite that does
+    not resume, is to discard a previous run's state."""
+    if resume and _has_run(path):
+        return False
+    if resume and not overwrite:  # a mistyped --output must not quietly start hours of work from scratch
+        raise EvopError(f"{path} holds no run to resume (no {STATE_DIR}/); drop --resume to start one, "
+                        "or check --output")
+    if not (path.is_dir() and any(path.iterdir())):
+        return False
+    if not ((path / RECORD_NAME).is_file() or (path / STATE_DIR).is_dir()):
+        raise EvopError(f"{path} holds files evop-hub did not write; choose a new or empty --output "
+                        "(--overwrite replaces only an evop-hub output)")
+    if not overwrite:
+        hint = " (or --resume to continue its run)" if _has_run(path) else ""
+        raise EvopError(f"output directory {path} already exists; pass --overwrite to replace it{hint}")
+    return _has_run(path)
+
+
+def _discard_stale_state(output: Path) -> None:
+    """Start an --overwrite run afresh: its previous run's state goes, except the last save's file list, which
+    tells that save's files from the user's. Called once every check has passed (see prepare_output)."""
+    if output not in _stale_state:
+        return
+    _stale_state.discard(output)
+    state = output / STATE_DIR
+    for entry in state.iterdir() if state.is_dir() else []:
+        if entry.name != MANIFEST:
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
 
 
 def _has_run(path: Path) -> bool:
@@ -80,19 +126,24 @@ def state_dir(output: str | Path) -> Path:
 @contextmanager
 def run_state(output: Path | None) -> Iterator[Path | None]:
     """``DIR/.evop`` for a run (None without an output). A run that fails before it saved anything there
-    (a calibration error, say) leaves no empty state behind, which a retry would take for a run to resume."""
+    (a calibration error, say) leaves no empty state behind, which a retry would take for a run to resume,
+    and unlocks its output for the next run."""
     if output is None:
         yield None
         return
+    _discard_stale_state(output)
     created = not output.exists()
     path = state_dir(output)
     try:
         yield path
     except BaseException:
-        if path.is_dir() and not any(path.iterdir()):
-            path.rmdir()
-            if created and not any(output.iterdir()):
-                output.rmdir()
+        try:
+            if path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
+                if created and not any(output.iterdir()):
+                    output.rmdir()
+        finally:
+            release_output(output)
         raise
 
 
@@ -107,21 +158,33 @@ def check_not_source(output: Path, loaded: LoadedModel) -> None:
 def save(loaded: LoadedModel, output: str | Path, *, command: str | None = None, overwrite: bool = False) -> Path:
     """Save model, tokenizer, record and card into ``output``.
 
-    An existing non-empty ``output`` is refused unless ``overwrite``; then its content is
-    replaced, except its ``.evop`` run state (``prune`` and the CLI vet the path with
-    ``prepare_output`` before their long work, and pass ``overwrite=True`` here).
+    An existing non-empty ``output`` is refused unless ``overwrite``; then what evop-hub wrote there is
+    replaced, and its ``.evop`` run state and the user's own files stay (``prune`` and the CLI vet the path
+    with ``prepare_output`` before their long work, and pass ``overwrite=True`` here). The output is locked
+    while it is written, and unlocked after: the run is over.
     """
     output = Path(output).expanduser().resolve()
-    if not overwrite:
-        prepare_output(output)
-    check_not_source(output, loaded)
-    if command:
-        loaded.record.command = command
-    source = Path(loaded.source.path)
-    if loaded.source.format == "transformers" and not loaded.source.hub_id and source.is_dir():
-        # Commands run later from elsewhere (card, space, ppl --dense) find the source through this.
-        loaded.record.source_relative = os.path.relpath(source.resolve(), output)
-    output.parent.mkdir(parents=True, exist_ok=True)
+    _check_parent(output)
+    hold_output(output)
+    try:
+        if not overwrite:
+            prepare_output(output)
+        check_not_source(output, loaded)
+        _discard_stale_state(output)
+        if command:
+            loaded.record.command = command
+        source = Path(loaded.source.path)
+        if loaded.source.format == "transformers" and not loaded.source.hub_id and source.is_dir():
+            # Commands run later from elsewhere (card, space, ppl --dense) find the source through this.
+            loaded.record.source_relative = os.path.relpath(source.resolve(), output)
+        _write(loaded, output)
+    finally:
+        release_output(output)
+    return output
+
+
+def _write(loaded: LoadedModel, output: Path) -> None:
+    """Write the checkpoint beside ``output`` and move it into place once complete (see ``_swap_in``)."""
     tmp = temp_dir(output.parent, f".{output.name}.tmp-")
     try:
         loaded.model.save_pretrained(tmp)
@@ -139,37 +202,81 @@ def save(loaded: LoadedModel, output: str | Path, *, command: str | None = None,
         raise EvopError(f"cannot write {output} ({exc.strerror or exc}); check free space and permissions") from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return output
 
 
 def _carried(old: Path, new: Path) -> list[str]:
-    """What of ``old`` moves into the new output: its run state, and whatever the new save does not write and
-    the previous save did not write either (the user's own files). The previous save's files are listed in its
-    run state; an output saved before that list existed is replaced whole, as it then was."""
-    manifest = old / STATE_DIR / MANIFEST
-    if manifest.is_file():
-        previous = set(json.loads(manifest.read_text()))
-    else:
-        previous = {p.name for p in old.iterdir()} if (old / RECORD_NAME).is_file() else set()
+    """What of ``old`` stays in the new output: its run state, and whatever neither the new save nor the previous
+    one wrote (the user's own files: notes, a clone's .git). The previous save's files are listed in its run
+    state; without that list (a clone or download of a pushed model) they are the CHECKPOINT_FILES there."""
     written = {p.name for p in new.iterdir()}
-    return [p.name for p in old.iterdir() if p.name == STATE_DIR or (p.name not in written and p.name not in previous)]
+    previous = _previous_save(old)
+    return sorted(p.name for p in old.iterdir()
+                  if p.name == STATE_DIR or (p.name not in written and p.name not in previous))
+
+
+def _previous_save(output: Path) -> set[str]:
+    """The files the last save wrote into ``output``: its manifest, or those named like CHECKPOINT_FILES."""
+    try:
+        return set(json.loads((output / STATE_DIR / MANIFEST).read_text()))
+    except (OSError, ValueError, TypeError):  # none (or unreadable): only what is surely a checkpoint's
+        return {p.name for p in output.iterdir() if any(fnmatchcase(p.name, name) for name in CHECKPOINT_FILES)}
 
 
 def _swap_in(new: Path, output: Path) -> None:
     """Replace directory ``output`` by ``new``, carrying over its run state and the user's files (see
-    ``_carried``); on any failure the previous directory is put back whole."""
+    ``_carried``); on any failure the previous directory is put back whole. The working directory is
+    replaced in place instead (``_replace_contents``): renamed away, it would leave the calling shell in a
+    deleted directory."""
+    if _is_cwd(output):
+        _replace_contents(new, output)
+        return
     old = output.with_name(f".{output.name}.old-{os.getpid()}")
     os.replace(output, old)
-    moved = []
     try:
-        for name in _carried(old, new):
-            os.replace(old / name, new / name)
-            moved.append(name)
-        os.replace(new, output)
+        carried = _carried(old, new)
+        _move(carried, old, new)
+        try:
+            os.replace(new, output)
+        except BaseException:
+            _move(carried, new, old)
+            raise
     except BaseException:
-        for name in moved:
-            if (new / name).exists():
-                os.replace(new / name, old / name)
         os.replace(old, output)
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _replace_contents(new: Path, output: Path) -> None:
+    """Replace what the last save wrote in ``output`` by the entries of ``new``, keeping the directory itself;
+    each entry moves by one rename, and on any failure the previous entries are put back."""
+    old = temp_dir(output.parent, f".{output.name}.old-")
+    replaced = sorted({p.name for p in output.iterdir()} - set(_carried(output, new)))
+    _move(replaced, output, old)
+    try:
+        _move(sorted(p.name for p in new.iterdir()), new, output)
+    except BaseException:
+        _move(replaced, old, output)
+        old.rmdir()
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _move(names: list[str], src: Path, dst: Path) -> None:
+    """Move entries ``names`` of ``src`` into ``dst`` by renames: all of them, or (on a failure) none."""
+    moved = []
+    try:
+        for name in names:
+            os.replace(src / name, dst / name)
+            moved.append(name)
+    except BaseException:
+        for name in reversed(moved):
+            os.replace(dst / name, src / name)
+        raise
+
+
+def _is_cwd(path: Path) -> bool:
+    """Whether ``path`` is the process's working directory (that of the shell that started it)."""
+    try:
+        return os.path.samestat(os.stat("."), os.stat(path))
+    except OSError:
+        return False

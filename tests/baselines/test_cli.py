@@ -58,11 +58,12 @@ def test_slicegpt_output_loads_with_remote_code_and_evaluates(setup):
     assert (record.method, record.sparsity, record.sparsity_unit) == ("slicegpt", 0.25, "hidden channels (residual stream)")
     assert "trust_remote_code=True" in record.search["format"]
     assert load(str(directory), LoadConfig(trust_remote_code=True)).model.config.sliced_hidden_size == 24
-    # The Space app (uploaded as-is by push) loads it with its modeling code and says what was removed.
+    # The Space app (uploaded as-is by push) loads it with its modeling code, as push's evop_space.json allows
+    # (never because the folder's own record asks), and says what was removed.
     from evop_hub.hub.space import _load_app
 
     space = _load_app()
-    assert space.build_demo(str(directory)) is not None
+    assert space.build_demo(str(directory), trust_remote_code=True) is not None
     assert space.mask_markdown(record.to_dict()).startswith("**Every block kept, 25% of its hidden channels")
 
     refused = CliRunner().invoke(app, ["info", str(directory)])  # transformers alone fails on the weights' shapes

@@ -1,0 +1,232 @@
+"""Hostile input, as a demanding new user gives it (issue 21): every refusal is exit code 2 and one `error:` line
+with no traceback, and nothing is written or deleted that was not evop-hub's; `--overwrite` keeps what the user
+owns; no code from a folder runs unasked; one run at a time writes an output.
+
+The commands run as real processes on tiny random models (a few seconds each, offline).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import evop_hub
+from evop_hub.errors import EvopError
+from evop_hub.models import prepare_output
+from evop_hub.record import RECORD_NAME, STATE_DIR
+
+from .tiny import tiny_llama, tiny_tokenizer
+
+LAYERS = 4
+
+
+def cli(*args, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 120):
+    """`evop-hub ARGS` in a fresh process, offline and on one thread."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "evop_hub.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=timeout)
+
+
+def error_line(result: subprocess.CompletedProcess) -> str:
+    """The one `error:` line of a refused command (asserting there is exactly one, exit code 2, no traceback)."""
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert result.returncode == 2 and len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+    return errors[0]
+
+
+def tree(root: Path) -> dict[str, str]:
+    """Every path under ``root`` with a digest of its content: what a refused command may not change."""
+    return {str(p.relative_to(root)): "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*"))}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> tuple[Path, Path]:
+    """(a tiny dense Llama directory, an evop-hub output pruned from it) to copy from."""
+    root = tmp_path_factory.mktemp("models")
+    dense = root / "dense"
+    tiny_llama(LAYERS).save_pretrained(dense)
+    tiny_tokenizer().save_pretrained(dense)
+    loaded = evop_hub.load(str(dense))
+    evop_hub.drop(loaded, [1])
+    return dense, evop_hub.save(loaded, root / "pruned")
+
+
+@dataclass
+class Scene:
+    """A case's folder: ``dense`` is a model, ``run`` an evop-hub output holding a resumable search's state."""
+
+    tmp: Path
+    dense: Path
+    run: Path
+
+
+@pytest.fixture
+def scene(models, tmp_path) -> Scene:
+    dense, pruned = models
+    run = tmp_path / "run"
+    shutil.copytree(pruned, run)
+    (run / STATE_DIR / "search_state.json").write_text('{"generation": 7}\n')
+    (run / STATE_DIR / "trace.jsonl").write_text("{}\n")
+    return Scene(tmp_path, dense, run)
+
+
+def _space_with_code(s: Scene) -> list:
+    """A downloaded "SliceGPT output" whose modeling file writes a marker when imported."""
+    record = json.loads((s.run / RECORD_NAME).read_text())
+    (s.run / RECORD_NAME).write_text(json.dumps({**record, "method": "slicegpt"}))
+    config = json.loads((s.run / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForCausalLM": "modeling_slicegpt.SlicedForCausalLM"}
+    (s.run / "config.json").write_text(json.dumps(config))
+    (s.run / "modeling_slicegpt.py").write_text(f"open({str(s.tmp / 'marker')!r}, 'w').write('ran')\n")
+    return ["space", s.run, "--no-base"]
+
+
+def _read_only_parent(s: Scene) -> list:
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only directories (the Python API case covers this for root)")
+    s.tmp.chmod(0o555)
+    return ["drop", s.dense, "--layers", "1", "--output", s.run, "--overwrite"]
+
+
+# id -> (the command, given its scene; a phrase of the one error line)
+REFUSED: dict[str, tuple[Callable[[Scene], list], str]] = {
+    # issue 21.4: --overwrite deletes nothing before the checks that refuse the run
+    "overwrite-the-source": (lambda s: ["drop", s.run, "--layers", "1", "--output", s.run, "--overwrite"],
+                             "is the source model's own directory"),
+    "overwrite-mistyped-model": (lambda s: ["drop", "no-such-user/no-such-model", "--layers", "1", "--output", s.run,
+                                            "--overwrite"], "no-such-user/no-such-model"),
+    "prune-overwrite-mistyped-model": (lambda s: ["prune", s.tmp / "no-such-model", "--num-drop", "1", "--output",
+                                                  s.run, "--overwrite", "--preset", "quick"], "no-such-model"),
+    "overwrite-read-only-parent": (_read_only_parent, "cannot write to"),
+    # issue 21.12: nonsense is refused, not silently replaced or ignored
+    "prune-seq-len-0": (lambda s: ["prune", s.dense, "--seq-len", "0", "--output", s.tmp / "o"],
+                        "--seq-len must be at least 1, not 0"),
+    "prune-seq-len-negative": (lambda s: ["prune", s.dense, "--seq-len", "-5", "--output", s.tmp / "o"],
+                               "--seq-len must be at least 1"),
+    "cache-gib-negative": (lambda s: ["prune", s.dense, "--cache-gib", "-1", "--output", s.tmp / "o"],
+                           "--cache-gib"),
+    "cache-gib-nan": (lambda s: ["prune", s.dense, "--cache-gib", "nan", "--output", s.tmp / "o"], "not nan"),
+    "cache-gib-inf": (lambda s: ["prune", s.dense, "--cache-gib", "inf", "--output", s.tmp / "o"], "not inf"),
+    "sparsity-and-num-drop": (lambda s: ["prune", s.dense, "--sparsity", "1.5", "--num-drop", "1", "--output",
+                                         s.tmp / "o"], "give one of them"),
+    # issue 21.2: code in a folder runs only when the user says so
+    "space-runs-folder-code": (_space_with_code, "pass --trust-remote-code"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED))
+def test_refused_in_one_line_touching_nothing(case, scene):
+    command, phrase = REFUSED[case]
+    args = command(scene)
+    before = tree(scene.tmp)
+    try:
+        result = cli(*args)
+    finally:
+        scene.tmp.chmod(0o755)
+    assert phrase in error_line(result)
+    assert tree(scene.tmp) == before  # the saved search state included: the run can still be resumed
+
+
+def test_the_working_directory_is_replaced_in_place(models, tmp_path):
+    """21.10: `--output . --overwrite` from inside the output: the shell's directory is still the output."""
+    dense, pruned = models
+    out = tmp_path / "out"
+    shutil.copytree(pruned, out)
+    (out / "mine.txt").write_text("mine")
+    inode = out.stat().st_ino
+    result = cli("drop", dense, "--layers", "2-3", "--output", ".", "--overwrite", cwd=out)
+    assert result.returncode == 0, result.stderr
+    assert out.stat().st_ino == inode  # old code: renamed away, leaving the caller in a deleted directory
+    assert json.loads((out / RECORD_NAME).read_text())["dropped_blocks"] == [2, 3]
+    assert (out / "mine.txt").read_text() == "mine" and (out / STATE_DIR / "published.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary, old copy or lock left beside it
+
+
+def test_overwriting_a_clone_keeps_the_users_files(models, tmp_path):
+    """21.1: a git clone of a pushed model has no .evop (never published): --overwrite replaces the checkpoint's
+    files only; .git, .gitattributes and the user's notes stay, and the repository still works."""
+    dense, pruned = models
+    out = tmp_path / "clone"
+    shutil.copytree(pruned, out, ignore=shutil.ignore_patterns(STATE_DIR))
+    (out / ".gitattributes").write_text("*.safetensors filter=lfs diff=lfs merge=lfs -text\n")
+    (out / "NOTES.md").write_text("my notes\n")
+    (out / "model-00001-of-00002.safetensors").write_bytes(b"a shard of an earlier save")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "-C", str(out)]
+    for step in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "pushed model"]):
+        subprocess.run([*git, *step], check=True, capture_output=True)
+
+    result = cli("drop", dense, "--layers", "1-2", "--output", out, "--overwrite")
+    assert result.returncode == 0, result.stderr
+    assert (out / "NOTES.md").read_text() == "my notes\n" and (out / ".gitattributes").is_file()
+    log = subprocess.run([*git, "log", "--oneline"], capture_output=True, text=True)
+    assert log.returncode == 0 and log.stdout.strip().endswith("pushed model")
+    assert not (out / "model-00001-of-00002.safetensors").exists()  # an old checkpoint's file is evop-hub's
+    assert json.loads((out / RECORD_NAME).read_text())["dropped_blocks"] == [1, 2]
+
+
+def test_a_second_run_on_one_output_is_refused_naming_the_first(models, tmp_path):
+    """21.3: while one process holds an output, another run on it stops at once and says which process; a lock
+    left by a killed run (its file, no process) blocks nothing."""
+    dense, _ = models
+    out = tmp_path / "out"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from evop_hub.files import hold_output; "
+                               "hold_output(sys.argv[1]); print('held', flush=True); sys.stdin.read()", str(out)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        line = error_line(cli("drop", dense, "--layers", "1", "--output", out))
+        assert f"process {holder.pid}" in line and "another evop-hub run" in line
+        assert not out.exists()
+    finally:
+        holder.communicate("", timeout=60)
+    (tmp_path / ".out.lock").write_text("999999\n")  # a killed run's: the kernel released its lock
+    result = cli("drop", dense, "--layers", "1", "--output", out)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # the lock file goes with the run
+
+
+def test_a_trusted_folders_code_runs(scene, tmp_path_factory):
+    """21.2: with --trust-remote-code the folder's code does run (the marker appears), and only then."""
+    args = _space_with_code(scene)
+    modules = {"HF_MODULES_CACHE": str(tmp_path_factory.mktemp("hf_modules"))}
+    cli(*args, "--trust-remote-code", env=modules)  # then fails: the marker file defines no model
+    assert (scene.tmp / "marker").read_text() == "ran"
+
+
+def test_a_pushed_space_trusts_only_what_push_says(scene):
+    """21.2 on the Hub: the pushed app no longer trusts the record it reads, so push tells it, for SliceGPT only."""
+    from evop_hub.hub.space import CONFIG_NAME, space_files
+    from evop_hub.record import PruningRecord
+
+    def trusted() -> bool:
+        files = space_files(scene.run, PruningRecord.load(scene.run), "user/model", private=False).files
+        return json.loads(files[CONFIG_NAME])["trust_remote_code"]
+
+    assert trusted() is False
+    _space_with_code(scene)
+    assert trusted() is True
+
+
+def test_checks_come_before_the_old_state_goes(scene, monkeypatch):
+    """21.4 through the Python API (a parent that cannot be written, as root sees it too): refused, state kept."""
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != scene.tmp and real(path, mode))
+    before = tree(scene.tmp)
+    with pytest.raises(EvopError, match="cannot write to"):
+        prepare_output(scene.run, overwrite=True)
+    assert tree(scene.tmp) == before
+    monkeypatch.undo()
+    loaded = evop_hub.load(str(scene.run))  # the output's own source: refused after loading, state still kept
+    with pytest.raises(EvopError, match="source model's own directory"):
+        evop_hub.save(loaded, prepare_output(scene.run, overwrite=True), overwrite=True)
+    assert tree(scene.tmp) == before
