@@ -431,11 +431,12 @@ def space(
     port: Annotated[int, typer.Option("--port", help="Port on 127.0.0.1.")] = 7860,
     base: Annotated[Optional[str], typer.Option("--base", help="Base model to compare with (default: the source).")] = None,
     no_base: Annotated[bool, typer.Option("--no-base", help="Serve the pruned model alone.")] = False,
+    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow code shipped in DIR (a SliceGPT model's modeling file) to run.")] = False,
 ) -> None:
     """Serve the demo Space app for DIR locally on 127.0.0.1 (nothing is uploaded)."""
     from .hub import serve
 
-    serve(output_dir, port=port, base=base, with_base=not no_base)
+    serve(output_dir, port=port, base=base, with_base=not no_base, trust_remote_code=trust_remote_code)
 
 
 # ---------------------------------------------------------------- pruning (evop_hub.prune)
@@ -455,14 +456,14 @@ def prune(
     model: Annotated[str, typer.Argument(help="Hub id, local directory, .gguf file, or `smollm2-135m`.")] = "smollm2-135m",
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Directory for the pruned model (default: named after the model).")] = None,
     sparsity: Annotated[Optional[float], typer.Option("--sparsity", help="Fraction removed, in the method's unit: blocks, k = ceil(sparsity x blocks) (search methods, default 0.2); weights (wanda, default 0.5); hidden channels (slicegpt, default 0.25).")] = None,
-    num_drop: Annotated[Optional[int], typer.Option("--num-drop", help="Drop exactly K blocks (overrides --sparsity).")] = None,
+    num_drop: Annotated[Optional[int], typer.Option("--num-drop", help="Drop exactly K blocks (instead of --sparsity).")] = None,
     method: Annotated[str, typer.Option("--method", help="evop | sleb | exhaustive | random | shortgpt | angular (blocks); wanda | slicegpt (width baselines)")] = "evop",
     pattern: Annotated[Optional[str], typer.Option("--pattern", help="wanda: N:M sparsity, e.g. 2:4 (at most N nonzero weights in every M inputs).")] = None,
-    preset: Annotated[str, typer.Option("--preset", help="paper (EvoP's settings) or quick (minutes on a CPU).")] = "paper",
+    preset: Annotated[str, typer.Option("--preset", help="default (a mixture of text, KL to the dense model, staged selection), paper (EvoP as published: 5 x 2048 WikiText-2 tokens, NLL) or quick (minutes on a CPU).")] = "default",
     calibration: Annotated[Optional[Path], typer.Option("--calibration", help="A file from `evop-hub calibrate` (else one is drawn).")] = None,
-    corpus: Annotated[Optional[str], typer.Option("--corpus", help="Calibration corpus (default: wikitext2:train, else wiki-leads:train).")] = None,
+    corpus: Annotated[Optional[str], typer.Option("--corpus", help="Calibration corpus, or a mixture A:SPLIT+B:SPLIT (default: the train splits of wikitext2, wiki-leads, pydoc and shakespeare that load here).")] = None,
     sampler: SamplerOpt = "ccds",
-    clusters: ClustersOpt = 5,
+    clusters: Annotated[Optional[int], typer.Option("--clusters", help="k: KMeans clusters of the corpus's sentence chunks, one sample each (default 40; paper: 5).")] = None,
     samples_per_cluster: SamplesPerClusterOpt = 1,
     seq_len: Annotated[Optional[int], typer.Option("--seq-len", help="Tokens per calibration sample (default 2048; quick: 128).")] = None,
     embedder: EmbedderOpt = "all-MiniLM-L6-v2",
@@ -472,6 +473,8 @@ def prune(
     search_seed: Annotated[Optional[int], typer.Option("--search-seed", help="Seed of the search.")] = None,
     population: Annotated[Optional[int], typer.Option("--population", help="evop: patterns per generation.")] = None,
     generations: Annotated[Optional[int], typer.Option("--generations", help="evop: most generations.")] = None,
+    fitness: Annotated[Optional[str], typer.Option("--fitness", help="kl: mean KL(dense || pruned) of the next-token distributions (default); nll: mean next-token NLL (paper).")] = None,
+    stages: Annotated[Optional[str], typer.Option("--stages", help="Staged selection, KEEP@TOKENS,...: keep the best KEEP candidates on the first TOKENS tokens of every sample before scoring on everything (default 8@64,2@256; '' for none).")] = None,
     exhaustive_limit: Annotated[int, typer.Option("--exhaustive-limit", help="exhaustive: most patterns to enumerate.")] = 50_000,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Calibration samples per forward.")] = 1,
     cache_gib: Annotated[float, typer.Option("--cache-gib", help="Memory for cached prefix hidden states.")] = 1.0,
@@ -513,6 +516,10 @@ def prune(
     if calibration and draw:
         raise EvopError(f"--calibration {calibration} is a set already drawn; {', '.join(draw)} would change nothing: "
                         "drop them, or drop --calibration to draw a new set")
+    if sparsity is not None and num_drop is not None:  # one would be ignored, yet recorded in the card's command
+        raise EvopError(f"--sparsity {sparsity} and --num-drop {num_drop} both say how much to remove; give one of them")
+    if not 0 <= cache_gib < float("inf"):  # NaN fails this too
+        raise EvopError(f"--cache-gib is the GiB of memory for cached hidden states: 0 or more, not {cache_gib}")
     if quiet:
         silence()
     if plot:
@@ -533,10 +540,14 @@ def prune(
             seed=seed if search_seed is None else search_seed,
             population=config.search.population if population is None else population,
             generations=config.search.generations if generations is None else generations,
+            fitness=config.search.fitness if fitness is None else fitness,
+            stages=config.search.stages if stages is None else stages,
             exhaustive_limit=exhaustive_limit,
         ),
         calibration=CalibrationConfig(
-            sampler, clusters, samples_per_cluster, seq_len or cal.seq_len, seed if calib_seed is None else calib_seed,
+            sampler, cal.clusters if clusters is None else clusters, samples_per_cluster,
+            cal.seq_len if seq_len is None else seq_len,
+            seed if calib_seed is None else calib_seed,
             cal.sentences_per_chunk, embedder, data_dir=str(data_dir) if data_dir else None,
         ),
         corpus=corpus or config.corpus,
@@ -558,7 +569,7 @@ def prune(
     else:
         typer.echo(
             f"dropped blocks {result.mask} ({len(result.mask)} of {result.record.num_blocks}, "
-            f"{100 * (result.record.parameter_reduction or 0):.1f}% of parameters); calibration loss "
+            f"{100 * (result.record.parameter_reduction or 0):.1f}% of parameters); calibration {result.search.config['fitness']} "
             f"{losses['dense']:.4f} -> {losses['pruned']:.4f}; {result.search.stats['evaluations']} evaluations "
             f"in {result.search.seconds:.0f}s"
         )

@@ -14,18 +14,19 @@ from pathlib import Path
 from typing import Any
 
 from .calibration import CalibrationConfig, CalibrationSet, calibrate
-from .data.corpora import check_corpus_spec
+from .data.corpora import check_corpus_spec, load_mixture
 from .errors import EvopError
-from .files import atomic_path
+from .files import atomic_path, release_output
 from .models import LoadConfig, LoadedModel, drop, find_blocks, input_device, load, prepare_output, save, text_config
 from .models.saving import check_not_source, run_state
 from .record import PruningRecord
-from .search import METHODS, PoolEvaluator, SearchConfig, SearchResult, SerialEvaluator, num_drop, run_search
+from .search import METHODS, PAPER_SEARCH, SearchConfig, SearchResult, evaluator_for, num_drop, run_search
 
 log = logging.getLogger(__name__)
 
-# Calibration corpora tried in order when none is given: the paper's, then an offline one.
-DEFAULT_CORPORA = ("wikitext2:train", "wiki-leads:train")
+# The calibration text when no --corpus is given: a mixture of every general train split that loads here
+# (encyclopedic, technical, literary; WikiText-2 needs the Hub or --data-dir), each part about equally.
+DEFAULT_MIXTURE = ("wikitext2:train", "wiki-leads:train", "pydoc:train", "shakespeare:train")
 CALIBRATION_FILE = "calibration.safetensors"
 CALIBRATION_REQUEST = "calibration_request.json"  # the options it was drawn with: a resumed run must ask the same
 DEFAULT_BLOCK_SPARSITY = 0.2  # the paper's 20 % setting
@@ -41,7 +42,7 @@ class PruneConfig:
     num_drop: int | None = None  # blocks, for the block searches only (the width baselines take ``sparsity``)
     search: SearchConfig = field(default_factory=SearchConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
-    corpus: str | None = None  # None: DEFAULT_CORPORA, first that loads
+    corpus: str | None = None  # None: the DEFAULT_MIXTURE parts that load here
     calibration_file: str | None = None  # a file from `evop-hub calibrate`, instead of drawing one
     batch_size: int = 1  # calibration samples per forward; 1 lets early termination stop soonest
     cache_gib: float = 1.0  # memory for cached prefix hidden states
@@ -57,13 +58,15 @@ class PruneConfig:
     pattern: str | None = None  # wanda only: N:M semi-structured sparsity, e.g. "2:4"
 
 
-# Named settings for common cases; `--preset quick` runs on the offline model in minutes on 2 CPU cores.
+# Named settings for common cases. `default`: the defaults of PruneConfig; `paper`: EvoP as the paper describes it (CCDS of 5 x 2048 WikiText-2 tokens,
+# the NLL-driven GA with SLEB seeding); `quick` runs on the offline model in minutes on 2 CPU cores.
 PRESETS: dict[str, dict[str, Any]] = {
-    "paper": {},
+    "default": {},
+    "paper": {"corpus": "wikitext2:train", "calibration": {"clusters": 5}, "search": PAPER_SEARCH},
     "quick": {  # a small corpus split keeps CCDS's embedding short (about 1,000 chunks)
         "corpus": "wiki-leads:valid",
-        "calibration": {"seq_len": 128},
-        "search": {"population": 12, "generations": 6, "patience": 3, "seed_sleb": False},
+        "calibration": {"clusters": 5, "seq_len": 128},
+        "search": {"population": 12, "generations": 6, "patience": 3, "stages": "6@32"},
     },
 }
 
@@ -109,15 +112,8 @@ def _calibration(loaded: LoadedModel, config: PruneConfig, run_dir: Path | None)
                             "--calib-seed, --clusters, --seq-len, --embedder ...); resume with the same options, "
                             "or --overwrite to start over")
         return CalibrationSet.load(saved, loaded.tokenizer)
-    corpora = [config.corpus] if config.corpus else list(DEFAULT_CORPORA)
-    for i, corpus in enumerate(corpora):
-        try:
-            calibration = calibrate(corpus, loaded.tokenizer, config.calibration)
-            break
-        except EvopError as exc:
-            if i == len(corpora) - 1:
-                raise
-            log.warning("calibration corpus %s unavailable (%s); using %s", corpus, exc, corpora[i + 1])
+    corpus = config.corpus or load_mixture(list(DEFAULT_MIXTURE), config.calibration.data_dir, skip_missing=True)
+    calibration = calibrate(corpus, loaded.tokenizer, config.calibration)
     log.info("calibration: %s from %s:%s, %d x %d tokens", config.calibration.sampler,
              calibration.metadata["corpus"], calibration.metadata["split"], *calibration.input_ids.shape)
     if saved:
@@ -158,13 +154,17 @@ def prune(model: str | LoadedModel, config: PruneConfig | None = None) -> PruneR
     if config.sparsity is not None and config.num_drop is None and not 0 < config.sparsity < 1:
         raise EvopError(f"--sparsity must be strictly between 0 and 1 (got {config.sparsity})")
     output = prepare_output(config.output, overwrite=config.overwrite, resume=config.resume) if config.output else None
-    loaded = model if isinstance(model, LoadedModel) else load(model, config.load)
-    if loaded.record.dropped_blocks:
-        raise EvopError("this model already had blocks removed; prune the original model instead")
-    if output:
-        check_not_source(output, loaded)
-    with run_state(output) as run_dir:
-        return _search_and_drop(loaded, config, output, run_dir)
+    try:  # the output's lock is released however the run ends, also in a long-lived Python process
+        loaded = model if isinstance(model, LoadedModel) else load(model, config.load)
+        if loaded.record.dropped_blocks:
+            raise EvopError("this model already had blocks removed; prune the original model instead")
+        if output:
+            check_not_source(output, loaded)
+        with run_state(output) as run_dir:
+            return _search_and_drop(loaded, config, output, run_dir)
+    finally:
+        if output:
+            release_output(output)
 
 
 def _search_and_drop(loaded: LoadedModel, config: PruneConfig, output: Path | None, run_dir: Path | None) -> PruneResult:
@@ -175,10 +175,8 @@ def _search_and_drop(loaded: LoadedModel, config: PruneConfig, output: Path | No
              100 * k * per_block / loaded.record.parameters_before)
     calibration = _calibration(loaded, config, run_dir)
     settings = {"batch_size": config.batch_size, "cache_bytes": int(config.cache_gib * (1 << 30))}
-    if config.search_devices:
-        evaluator = PoolEvaluator.replicate(loaded.model, calibration.input_ids, config.search_devices, **settings)
-    else:
-        evaluator = SerialEvaluator(loaded.model, calibration.input_ids.to(input_device(loaded.model)), **settings)
+    ids = calibration.input_ids if config.search_devices else calibration.input_ids.to(input_device(loaded.model))
+    evaluator = evaluator_for(loaded.model, ids, config.search, config.search_devices, **settings)
     result = run_search(evaluator, k, config.search, state_dir=run_dir, resume=config.resume, progress=config.progress)
     drop(loaded, result.mask)
     record = loaded.record

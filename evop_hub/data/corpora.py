@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import re
 import subprocess
 import sys
@@ -33,6 +34,8 @@ SPLITS = ("train", "valid", "test")
 SPLIT_ALIASES = {"validation": "valid", "val": "valid", "dev": "valid"}
 LOCAL_SUFFIXES = (".txt", ".jsonl", ".jsonl.gz", ".json.gz")
 DATA_DIR_ENV = "EVOP_DATA_DIR"
+MIXTURE_SEPARATOR = "+"  # "wiki-leads:train+pydoc:train": a mixture of corpora
+MIXTURE_CHARS = 400_000  # characters taken from each part of a mixture (at most): enough for 40 x 2048 tokens
 
 
 @dataclass
@@ -88,6 +91,8 @@ def load_corpus(spec: str, data_dir: str | Path | None = None) -> Corpus:
     ``data_dir`` (else ``$EVOP_DATA_DIR``) holds local copies of Hub corpora; when it is set
     they are read only from there, so an offline machine never waits on the network.
     """
+    if MIXTURE_SEPARATOR in spec:
+        return load_mixture(spec.split(MIXTURE_SEPARATOR), data_dir)
     name, split = check_corpus_spec(spec)
     if name in CORPORA:
         data_dir = data_dir or os.environ.get(DATA_DIR_ENV) or None
@@ -97,7 +102,12 @@ def load_corpus(spec: str, data_dir: str | Path | None = None) -> Corpus:
 
 def check_corpus_spec(spec: str) -> tuple[str, str]:
     """(name, split) of a registered corpus, or (spec, "") for an existing local path; otherwise one line
-    saying what is known. Reads no data: commands call it before loading a model."""
+    saying what is known. Reads no data: commands call it before loading a model. A mixture is checked part by
+    part and returns ("mixture", its spec)."""
+    if MIXTURE_SEPARATOR in spec:
+        for part in spec.split(MIXTURE_SEPARATOR):
+            check_corpus_spec(part)
+        return "mixture", spec
     name, _, split = spec.partition(":")
     if name in CORPORA:
         corpus_spec = CORPORA[name]
@@ -112,6 +122,43 @@ def check_corpus_spec(spec: str) -> tuple[str, str]:
     raise EvopError(
         f"unknown corpus {name!r}; known corpora: {', '.join(sorted(CORPORA))}, or a path to a .txt/.jsonl file or directory"
     )
+
+
+def load_mixture(specs: list[str], data_dir: str | Path | None = None, *, skip_missing: bool = False,
+                 chars: int = MIXTURE_CHARS) -> Corpus:
+    """Several corpora as one, up to ``chars`` characters of each, every document labelled with its part.
+
+    Calibrating on one kind of text teaches the search what matters for that text only; a mixture of
+    encyclopedic, technical and literary text covers more of what a pruned model will be asked. Each part
+    contributes about equally, whatever its size, so the largest corpus does not decide the clusters; the
+    documents taken are a fixed random subset (the same for every calibration seed, so seeds vary the draw,
+    not the text). With ``skip_missing`` a part that cannot be loaded here (offline, no local copy) is left
+    out with a warning, as the default mixture does; otherwise it is an error.
+    """
+    parts, documents = [], []
+    for spec in specs:
+        try:
+            corpus = load_corpus(spec, data_dir)
+        except EvopError as error:
+            if not skip_missing:
+                raise
+            log.warning("calibration mixture: %s left out (%s)", spec, error)
+            continue
+        docs = [doc for doc in corpus.documents if doc.text.strip()]
+        taken, size = [], 0
+        for i in random.Random(0).sample(range(len(docs)), len(docs)):
+            if size >= chars:
+                break
+            taken.append(i)
+            size += len(docs[i].text)
+        documents += [Document(docs[i].text, spec, docs[i].title) for i in sorted(taken)]
+        parts.append(corpus)
+    if not parts:
+        raise EvopError(f"none of the calibration corpora {', '.join(specs)} could be loaded here; pass --corpus "
+                        "with one that is available (see `evop-hub corpora`), or --data-dir with local copies")
+    split = MIXTURE_SEPARATOR.join(f"{c.name}:{c.split}" for c in parts)
+    return Corpus("mixture", split, f"mixture-{chars}-chars-each", "; ".join(dict.fromkeys(c.license for c in parts)),
+                  "; ".join(c.source for c in parts), documents)
 
 
 # ---------------------------------------------------------------- local files

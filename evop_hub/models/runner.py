@@ -177,3 +177,43 @@ class BlockRunner:
         losses = [F.cross_entropy(logits, targets, reduction="none")
                   for logits, targets in self._head_chunks(hidden, input_ids)]
         return torch.cat(losses).double().cpu().view(input_ids.shape[0], -1).sum(1)
+
+    def reference_chunks(self, dense: torch.Tensor) -> list[tuple[int, int]]:
+        """Position ranges ``[start, end)`` over the predicted positions of ``dense`` ([batch, seq, hidden]) in
+        which :meth:`kl_rows` takes its reference log-probabilities, ``chunk_tokens`` positions each."""
+        positions = dense.shape[0] * (dense.shape[1] - 1)
+        return [(start, min(start + self.chunk_tokens, positions)) for start in range(0, positions, self.chunk_tokens)]
+
+    @torch.no_grad()
+    def log_probs(self, dense: torch.Tensor, start: int, end: int) -> torch.Tensor:
+        """float32 next-token log-probabilities at predicted positions ``[start, end)`` of ``dense``'s batch."""
+        states = dense[:, :-1].reshape(-1, dense.shape[-1])[start:end]
+        return F.log_softmax(self.logits(states[None]).float()[0], dim=-1)
+
+    @torch.no_grad()
+    def kl_rows(self, hidden: torch.Tensor, dense: torch.Tensor, reference=None) -> torch.Tensor:
+        """Summed KL(dense || pruned) of the next-token distributions, per sequence of ``hidden``.
+
+        ``hidden`` stacks the final states of one or more masks over the same batch whose dense final states are
+        ``dense``; row ``r`` of ``hidden`` is compared with row ``r % len(dense)``. The dense log-probabilities
+        are taken chunk by chunk from ``reference(i)`` (a cache of :meth:`log_probs`) or computed here: they
+        are the same for every mask, so a caller that keeps them pays for the dense head once per batch, and
+        one that cannot afford the memory (Gemma 3's 262k vocabulary) recomputes them exactly. Each KL term
+        is float32 like the loss; sums are float64 on the CPU, one copy per call."""
+        rows, width = dense.shape[0], dense.shape[1] - 1
+        copies = hidden.shape[0] // rows
+        states = hidden[:, :-1].reshape(copies, rows * width, hidden.shape[-1])
+        per_call = max(1, self.chunk_tokens // max(1, min(self.chunk_tokens, rows * width)))  # masks per head call
+        sums = []
+        for i, (start, end) in enumerate(self.reference_chunks(dense)):
+            target = reference(i) if reference is not None else self.log_probs(dense, start, end)
+            for first in range(0, copies, per_call):
+                chunk = states[first : first + per_call, start:end]
+                pruned = F.log_softmax(self.logits(chunk.reshape(1, -1, chunk.shape[-1])).float()[0], dim=-1)
+                kl = F.kl_div(pruned.view(len(chunk), end - start, -1), target.to(pruned.device), log_target=True,
+                              reduction="none").sum(-1)
+                sums.append((first, start, kl))
+        total = torch.zeros(copies, rows * width, dtype=torch.float64, device=hidden.device)
+        for first, start, kl in sums:
+            total[first : first + kl.shape[0], start : start + kl.shape[1]] = kl.double().to(total.device)
+        return total.cpu().view(copies, rows, width).sum(2).view(-1)

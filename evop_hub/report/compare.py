@@ -41,7 +41,7 @@ from ..errors import EvopError
 from ..files import atomic_path
 from ..models import count_parameters, find_blocks, input_device
 from ..progress import bar
-from ..search import METHODS, SearchConfig, num_drop
+from ..search import METHODS, PAPER_SEARCH, SearchConfig, num_drop
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +162,11 @@ class CompareConfig:
     @property
     def cluster_sparsity(self) -> float:
         return cluster_sparsity(self.fig1c_sparsity, self.sparsities)
+
+    def search_config(self) -> SearchConfig:
+        """The paper's search (compare reproduces the paper's experiments) with the ``[search]`` overrides: its
+        fitness and stages are the evaluator's, shared by every method on a calibration set."""
+        return SearchConfig(**{**PAPER_SEARCH, **self.search})
 
     @property
     def method_exhaustive_limit(self) -> int:
@@ -336,7 +341,7 @@ class Workspace:
     def evaluator(self, key: CellKey):
         """The calibration set of ``key`` and its SerialEvaluator, shared by every cell on that set."""
         from ..calibration import CalibrationConfig, calibrate
-        from ..search import SerialEvaluator
+        from ..search import evaluator_for
 
         ident = (key.sampler, key.seed, key.cluster)
         if ident != self._evaluator_key:
@@ -347,8 +352,8 @@ class Workspace:
             self._evaluator = None  # free the previous set's prefix cache first
             self._calibration = calibrate(c.calibration, self.loaded.tokenizer, cal_config)
             ids = self._calibration.input_ids.to(input_device(self.loaded.model))
-            self._evaluator = SerialEvaluator(self.loaded.model, ids,
-                                              batch_size=c.batch_size, cache_bytes=int(c.cache_gib * (1 << 30)))
+            self._evaluator = evaluator_for(self.loaded.model, ids, c.search_config(),
+                                            batch_size=c.batch_size, cache_bytes=int(c.cache_gib * (1 << 30)))
             self._evaluator_key = ident
         return self._calibration, self._evaluator
 
@@ -418,7 +423,7 @@ def run_cell(ws: Workspace, key: CellKey) -> dict[str, Any]:
         }
         return {**out, **_extras(ws, key, clone.model)}
     k = num_drop(evaluator.num_blocks, key.sparsity)
-    search = replace(SearchConfig(**c.search), method=key.method, seed=key.seed,
+    search = replace(c.search_config(), method=key.method, seed=key.seed,
                      exhaustive_limit=c.method_exhaustive_limit)
     before = evaluator.stats.as_dict()
     result = run_search(evaluator, k, search, progress=False)

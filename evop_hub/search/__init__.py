@@ -21,14 +21,27 @@ from typing import Any
 from ..errors import EvopError
 from ..files import atomic_path
 from ..progress import bar
-from .evaluator import Evaluator, EvaluatorStats, Fitness, Mask, PoolEvaluator, SerialEvaluator, as_mask
-from .methods import METHODS, SearchConfig, SearchContext
+from .evaluator import (
+    FITNESSES,
+    Evaluator,
+    EvaluatorStats,
+    Fitness,
+    Mask,
+    PoolEvaluator,
+    SerialEvaluator,
+    StagedEvaluator,
+    as_mask,
+    parse_stages,
+)
+from .methods import METHODS, PAPER_SEARCH, SearchConfig, SearchContext
 
 STATE_FILE = "search_state.json"
 TRACE_FILE = "trace.jsonl"
 
 __all__ = [
+    "FITNESSES",
     "METHODS",
+    "PAPER_SEARCH",
     "Evaluator",
     "Fitness",
     "Mask",
@@ -36,6 +49,8 @@ __all__ = [
     "SearchConfig",
     "SearchResult",
     "SerialEvaluator",
+    "StagedEvaluator",
+    "evaluator_for",
     "num_drop",
     "run_search",
 ]
@@ -50,6 +65,17 @@ def num_drop(num_blocks: int, sparsity: float | None = None, k: int | None = Non
     if not 0 < k < num_blocks:
         raise EvopError(f"cannot drop {k} of {num_blocks} blocks; choose between 1 and {num_blocks - 1}")
     return k
+
+
+def evaluator_for(model, input_ids, config: SearchConfig, devices: list[str] | None = None, **settings) -> Evaluator:
+    """The evaluator ``config`` asks for: its fitness, on ``devices`` side by side (None: the model's own), staged
+    when ``config.stages`` names stages (the cheap stages run on the first device alone)."""
+    stages = parse_stages(config.stages)
+    if devices:
+        final = PoolEvaluator.replicate(model, input_ids, devices, fitness=config.fitness, **settings)
+    else:
+        final = SerialEvaluator(model, input_ids, fitness=config.fitness, **settings)
+    return StagedEvaluator.build(final, stages) if stages else final
 
 
 @dataclass
@@ -76,10 +102,16 @@ class SearchResult:
         return data
 
 
+# Settings added after checkpoints were first written, with the value that reproduces the searches before them:
+# at that value they stay out of the fingerprint, so an NLL search saved by an earlier version still resumes.
+LATER_SETTINGS = {"fitness": "nll", "stages": "", "seed_angular": False}
+
+
 def _fingerprint(evaluator: Evaluator, k: int, config: SearchConfig) -> str:
     """Identifies a run: resuming with another model, dtype, calibration set, batching or setting is refused
     (saved partial sums count batches, so they only continue under the same ones)."""
-    parts = [evaluator.num_blocks, k, sorted(asdict(config).items()), *evaluator.identity()]
+    settings = {key: value for key, value in asdict(config).items() if LATER_SETTINGS.get(key, object()) != value}
+    parts = [evaluator.num_blocks, k, sorted(settings.items()), *evaluator.identity()]
     return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:16]
 
 
@@ -109,8 +141,8 @@ def run_search(
                 "the saved search used another model, calibration set or settings; "
                 "re-run with the same options, or --overwrite to start over"
             )
-        for mask, nll_sum, tokens, batches, complete in saved["memo"]:
-            evaluator.memo[as_mask(mask)] = Fitness(as_mask(mask), nll_sum, tokens, batches, complete)
+        for mask, loss_sum, tokens, batches, complete in saved["memo"]:
+            evaluator.memo[as_mask(mask)] = Fitness(as_mask(mask), loss_sum, tokens, batches, complete)
         evaluator.stats = EvaluatorStats(**saved["stats"])
     trace: list[dict[str, Any]] = saved.get("trace", [])
     elapsed = saved.get("seconds", 0.0)
@@ -118,7 +150,7 @@ def run_search(
     # An enumeration (exhaustive, random) reports patterns done "of" all: its bar counts patterns, with an ETA.
     # The other methods' bars count steps, whose number the method decides as it goes.
     last = trace[-1] if trace else {}
-    progress_bar = bar(desc=f"{config.method} k={k}", unit="pattern" if "of" in last else "step", total=last.get("of"),
+    progress_bar = bar(desc=f"{config.method} k={k} {config.fitness}" + (f" staged {config.stages}" if config.stages else ""), unit="pattern" if "of" in last else "step", total=last.get("of"),
                        initial=last["step"] if "of" in last else len(trace), disable=not progress)
 
     def report(row: dict[str, Any]) -> None:
@@ -140,7 +172,7 @@ def run_search(
     def checkpoint(method_state: dict[str, Any]) -> None:
         if state_path is None:
             return
-        memo = [[list(f.mask), f.nll_sum, f.tokens, f.batches, f.complete] for f in evaluator.memo.values()]
+        memo = [[list(f.mask), f.loss_sum, f.tokens, f.batches, f.complete] for f in evaluator.memo.values()]
         with atomic_path(state_path) as tmp:
             tmp.write_text(json.dumps({
                 "fingerprint": fingerprint, "method_state": method_state, "memo": memo, "trace": trace,

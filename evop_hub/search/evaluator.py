@@ -1,4 +1,9 @@
-"""Fitness of pruning masks: mean next-token NLL on the calibration set with some blocks skipped.
+"""Fitness of pruning masks on the calibration set with some blocks skipped: the mean next-token NLL, or the
+mean KL divergence of the pruned model's next-token distribution from the dense model's.
+
+KL to the dense model (EvoPress's fitness) scores every position against the dense model's
+whole distribution rather than one observed token, so it measures how far pruning moved the
+model, not how well the pruned model happens to fit the calibration text.
 
 Every search method talks to one ``Evaluator`` interface (as mergekit's evolution strategies
 do), so a pool of workers over several GPUs or machines can replace ``SerialEvaluator``
@@ -12,7 +17,7 @@ final states of many masks into one call of the head:
   the blocks together: at block ``i`` each distinct prefix that keeps it is computed once, and
   the states of different masks go through the block in one batched call (a small model's
   block on a short sample costs little more for 32 states than for one);
-* exact early termination: NLL sums only grow as batches are added, so once a mask's
+* exact early termination: NLL and KL sums only grow as batches are added, so once a mask's
   partial sum exceeds the sum it needs to be among the survivors, it stops; the
   selection is the same as with full evaluations. The bar is set early: every new mask
   first gets one batch, then the masks that look best on it are completed first, so the
@@ -38,6 +43,7 @@ from ..models.loading import check_device
 from ..models.runner import BlockContext, BlockRunner
 
 Mask = tuple[int, ...]  # dropped block indices, sorted
+FITNESSES = ("nll", "kl")  # mean next-token NLL; mean KL(dense || pruned) of the next-token distributions
 
 
 def as_mask(dropped) -> Mask:
@@ -52,18 +58,19 @@ def keep_bits(mask: Mask, num_blocks: int) -> tuple[bool, ...]:
 
 @dataclass
 class Fitness:
-    """A mask's NLL sum over the batches computed so far. Complete when every batch is in."""
+    """A mask's summed loss (NLL or KL, per ``SerialEvaluator.fitness``) over the batches computed so far.
+    Complete when every batch is in."""
 
     mask: Mask
-    nll_sum: float = 0.0
+    loss_sum: float = 0.0
     tokens: int = 0
     batches: int = 0
     complete: bool = False
 
     @property
     def loss(self) -> float:
-        """Mean token NLL; for an incomplete fitness, +inf (it lost its selection)."""
-        return self.nll_sum / self.tokens if self.complete else math.inf
+        """Mean per-token loss; for an incomplete fitness, +inf (it lost its selection)."""
+        return self.loss_sum / self.tokens if self.complete else math.inf
 
 
 def checked(masks: Sequence[Mask], num_blocks: int) -> list[Mask]:
@@ -90,13 +97,14 @@ class EvaluatorStats:
     block_forwards: int = 0  # single-block calls over one batch
     prefix_hits: int = 0
     blocks_saved: int = 0  # block calls avoided by prefix reuse (cached, or shared by masks evaluated together)
+    screened_out: int = 0  # masks a cheaper stage of a StagedEvaluator kept from the full evaluation
 
     def as_dict(self) -> dict[str, int]:
         return dict(vars(self))
 
     def add_work(self, after: EvaluatorStats, before: dict[str, int]) -> None:
         """Add the compute another evaluator did between ``before`` and ``after`` (a pool's worker)."""
-        for name in ("early_stops", "block_forwards", "prefix_hits", "blocks_saved"):
+        for name in ("early_stops", "block_forwards", "prefix_hits", "blocks_saved", "screened_out"):
             setattr(self, name, getattr(self, name) + getattr(after, name) - before[name])
 
 
@@ -142,10 +150,13 @@ class SerialEvaluator(Evaluator):
     batch_size: int = 1
     cache_bytes: int = 1 << 30  # the prefix cache, and separately the states one walk of the blocks holds
     group_tokens: int = 16384  # tokens per batched block call when several masks' states share it
+    fitness: str = "nll"  # a name in FITNESSES
     memo: dict[Mask, Fitness] = field(default_factory=dict)
     stats: EvaluatorStats = field(default_factory=EvaluatorStats)
 
     def __post_init__(self) -> None:
+        if self.fitness not in FITNESSES:
+            raise EvopError(f"unknown --fitness {self.fitness!r}; choose from {', '.join(FITNESSES)}")
         self.runner = BlockRunner(self.model)
         self.num_blocks = len(self.runner)
         self.batches = list(torch.split(self.input_ids, self.batch_size))
@@ -153,6 +164,8 @@ class SerialEvaluator(Evaluator):
         self.contexts: dict[tuple[int, int], BlockContext] = {}
         self.prefix: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         self.prefix_bytes = 0
+        self.dense: dict[int, torch.Tensor] = {}  # KL: the dense model's final states, per batch
+        self.references: dict[int, list[torch.Tensor]] = {}  # KL: dense log-probs of the batches that fit
 
     def identity(self) -> list:
         # The model by its class, size, dtype and 256 evenly spaced values of every weight tensor it holds in
@@ -164,7 +177,8 @@ class SerialEvaluator(Evaluator):
                 digest.update(name.encode() + flat[:: max(1, flat.numel() // 256)][:256].float().cpu().numpy().tobytes())
         parameters = sum(p.numel() for p in self.model.parameters())
         return [type(self.model).__name__, parameters, str(next(self.model.parameters()).dtype), digest.hexdigest(),
-                hashlib.sha256(self.input_ids.cpu().numpy().tobytes()).hexdigest(), self.batch_size]
+                hashlib.sha256(self.input_ids.cpu().numpy().tobytes()).hexdigest(), self.batch_size,
+                *([] if self.fitness == "nll" else [self.fitness])]  # NLL checkpoints of earlier versions resume
 
     # ------------------------------------------------------------------ prefix cache
     def _remember(self, key: tuple, hidden: torch.Tensor) -> None:
@@ -242,7 +256,7 @@ class SerialEvaluator(Evaluator):
         return self._nlls([frontier[keep] for keep in keeps], b)
 
     def _nlls(self, states: list[torch.Tensor], b: int) -> list[float]:
-        """NLL sums of several masks' final states of batch ``b``, stacked into head calls of about
+        """Loss sums of several masks' final states of batch ``b``, stacked into head calls of about
         ``chunk_tokens`` positions: with short samples the head (49k x 576 on SmolLM2) costs more than the
         blocks, and one call reads its weights once for all the masks it carries."""
         ids = self.batches[b]
@@ -250,16 +264,39 @@ class SerialEvaluator(Evaluator):
         sums = []
         for start in range(0, len(states), per_call):
             chunk = states[start : start + per_call]
-            rows = self.runner.nll_rows(_stack(chunk), ids.repeat(len(chunk), 1))
+            if self.fitness == "kl":
+                rows = self.runner.kl_rows(_stack(chunk), self._dense(b), self._reference(b))
+            else:
+                rows = self.runner.nll_rows(_stack(chunk), ids.repeat(len(chunk), 1))
             sums += rows.view(len(chunk), -1).sum(1).tolist()
         return sums
+
+    def _dense(self, b: int) -> torch.Tensor:
+        """The dense model's final states of batch ``b``, computed once: KL's reference distribution."""
+        if b not in self.dense:
+            self.dense[b] = self.runner.run(self._context(b))
+            self.stats.block_forwards += self.num_blocks
+        return self.dense[b]
+
+    def _reference(self, b: int) -> Callable[[int], torch.Tensor] | None:
+        """Batch ``b``'s dense log-probabilities, chunk by chunk, kept for the batches that fit in ``cache_bytes``
+        (a budget of their own), first come first kept: every pass over the batches reads them in the same
+        order, so evicting would only trade one recomputation for another. None: ``kl_rows`` recomputes them."""
+        if b not in self.references:
+            dense = self._dense(b)
+            size = dense.shape[0] * (dense.shape[1] - 1) * self.runner.head.weight.shape[0] * 4
+            if size * (len(self.references) + 1) > self.cache_bytes:
+                return None
+            self.references[b] = [self.runner.log_probs(dense, start, end)
+                                  for start, end in self.runner.reference_chunks(dense)]
+        return self.references[b].__getitem__
 
     # ------------------------------------------------------------------ evaluation
     def _advance(self, fits: list[Fitness], bound: Callable[[], float], until: int | None = None) -> None:
         """Add batches, one at a time for all of ``fits`` together, until each has ``until`` (default: all)
         or its partial sum exceeds ``bound()``."""
         for b in range(len(self.batches) if until is None else until):
-            keyed = sorted(((keep_bits(f.mask, self.num_blocks), f) for f in fits if f.batches == b and f.nll_sum <= bound()),
+            keyed = sorted(((keep_bits(f.mask, self.num_blocks), f) for f in fits if f.batches == b and f.loss_sum <= bound()),
                            key=lambda pair: pair[0], reverse=True)
             if not keyed:
                 continue
@@ -276,7 +313,7 @@ class SerialEvaluator(Evaluator):
                         f"dropping blocks {list(fit.mask)} gives a non-finite loss ({value}); "
                         "the model overflows in this dtype: try --dtype float32 or bfloat16"
                     )
-                fit.nll_sum += value
+                fit.loss_sum += value
                 fit.tokens += self.batches[b].shape[0] * (self.batches[b].shape[1] - 1)
                 fit.batches += 1
                 fit.complete = fit.batches == len(self.batches)
@@ -300,7 +337,7 @@ class SerialEvaluator(Evaluator):
     def evaluate(self, masks: Sequence[Mask], survivors: int | None = None) -> list[Fitness]:
         masks = checked(masks, self.num_blocks)
         unique = list(dict.fromkeys(masks))
-        done = sorted((self.memo[m].nll_sum for m in unique if m in self.memo and self.memo[m].complete))
+        done = sorted((self.memo[m].loss_sum for m in unique if m in self.memo and self.memo[m].complete))
 
         def bound() -> float:
             return done[survivors - 1] if survivors and len(done) >= survivors else math.inf
@@ -308,7 +345,7 @@ class SerialEvaluator(Evaluator):
         pending = []
         for mask in unique:
             fit = self.memo.get(mask)
-            if fit is not None and (fit.complete or fit.nll_sum > bound()):
+            if fit is not None and (fit.complete or fit.loss_sum > bound()):
                 self.stats.memo_hits += 1
                 continue
             if fit is None:
@@ -318,11 +355,11 @@ class SerialEvaluator(Evaluator):
         groups = [pending]
         if survivors:  # one batch each, then the most promising complete first and set the bar
             self._advance(pending, bound, until=1)
-            first = {id(f) for f in sorted(pending, key=lambda f: f.nll_sum / f.tokens)[:survivors]}
+            first = {id(f) for f in sorted(pending, key=lambda f: f.loss_sum / f.tokens)[:survivors]}
             groups = [[f for f in pending if id(f) in first], [f for f in pending if id(f) not in first]]
         for group in groups:
             self._advance(group, bound)
-            done.extend(f.nll_sum for f in group if f.complete)
+            done.extend(f.loss_sum for f in group if f.complete)
             done.sort()
         self.stats.early_stops += sum(not f.complete for f in pending)
         return [self.memo[m] for m in masks]
@@ -406,3 +443,90 @@ class PoolEvaluator(Evaluator):
         cosines = worker.layer_cosines(distance)
         self.stats.add_work(worker.stats, before)
         return cosines
+
+
+def parse_stages(text: str | None) -> list[tuple[int, int]]:
+    """``"8@64,4@256"`` -> [(8, 64), (4, 256)]: keep the best KEEP candidates on the first TOKENS tokens of
+    every calibration sample, stage after stage, before the full evaluation."""
+    stages = []
+    for part in filter(None, (text or "").replace(" ", "").split(",")):
+        keep, _, tokens = part.partition("@")
+        if not (keep.isdigit() and tokens.isdigit() and int(keep) >= 1 and int(tokens) >= 2):
+            raise EvopError(f"invalid stage {part!r} in --stages; write KEEP@TOKENS[,KEEP@TOKENS...], e.g. 8@64,4@256")
+        stages.append((int(keep), int(tokens)))
+    if [t for _, t in stages] != sorted({t for _, t in stages}):
+        raise EvopError(f"--stages {text!r}: each stage must score more tokens than the one before")
+    return stages
+
+
+@dataclass
+class StagedEvaluator(Evaluator):
+    """Staged (multi-fidelity) selection in front of an exact evaluator, as EvoPress selects offspring.
+
+    When a caller wants only the best ``survivors`` of many masks, each stage ranks the masks not
+    yet known on the first ``tokens`` positions of every calibration sample (a prefix of a causal
+    LM's sequence is scored exactly as in the full sequence, so a stage sees every cluster of the
+    calibration set, only with shorter context) and passes on its best ``keep``; only those reach
+    the full, exact evaluation. This is what buys a calibration set many times larger at the same
+    cost: most candidates of a generation never touch it. Masks whose full fitness is already
+    known skip the stages. Callers that want every mask (``survivors=None``) get full evaluations.
+    Masks a stage screened out come back incomplete (``loss == inf``), as early-stopped ones do.
+    """
+
+    final: Evaluator  # a SerialEvaluator, or a PoolEvaluator over several devices
+    stages: list[tuple[int, SerialEvaluator]]  # (keep, an evaluator over a shorter prefix of each sample)
+
+    def __post_init__(self) -> None:
+        self.num_blocks = self.final.num_blocks
+
+    @classmethod
+    def build(cls, final: Evaluator, stages: list[tuple[int, int]]) -> StagedEvaluator:
+        """Stage evaluators on prefixes of ``final``'s samples, sharing its model, fitness and memory budget (a
+        pool's first worker's: the stages are cheap, the full evaluations are what a pool spreads)."""
+        base = final.workers[0] if isinstance(final, PoolEvaluator) else final
+        ids = base.input_ids
+        evaluators = []
+        for keep, tokens in stages:
+            if tokens >= ids.shape[1]:
+                raise EvopError(f"a stage of {tokens} tokens is not shorter than the {ids.shape[1]}-token calibration "
+                                "samples; use shorter stages or longer --seq-len")
+            batch = max(1, min(ids.shape[0], base.group_tokens // tokens))
+            evaluators.append((keep, SerialEvaluator(base.model, ids[:, :tokens], batch_size=batch,
+                                                     cache_bytes=base.cache_bytes, fitness=base.fitness)))
+        return cls(final, evaluators)
+
+    @property
+    def memo(self) -> dict[Mask, Fitness]:  # what a checkpoint saves: the exact fitnesses only
+        return self.final.memo
+
+    @property
+    def stats(self) -> EvaluatorStats:
+        return self.final.stats
+
+    @stats.setter
+    def stats(self, value: EvaluatorStats) -> None:
+        self.final.stats = value
+
+    def evaluate(self, masks: Sequence[Mask], survivors: int | None = None) -> list[Fitness]:
+        masks = checked(masks, self.num_blocks)
+        if survivors is None:
+            return self.final.evaluate(masks)
+        known = [m for m in dict.fromkeys(masks) if m in self.memo and self.memo[m].complete]
+        open_ = [m for m in dict.fromkeys(masks) if m not in known]
+        for keep, stage in self.stages:
+            keep = max(keep, survivors)
+            if len(open_) <= keep:
+                continue
+            before = stage.stats.as_dict()
+            fits = sorted(stage.evaluate(open_, survivors=keep), key=lambda f: f.loss)
+            self.stats.add_work(stage.stats, before)
+            self.stats.screened_out += len(open_) - keep
+            open_ = [f.mask for f in fits[:keep]]
+        self.final.evaluate(open_ + known, survivors)
+        return [self.memo.get(m) or Fitness(m) for m in masks]
+
+    def layer_cosines(self, distance: int) -> list[float]:
+        return self.final.layer_cosines(distance)
+
+    def identity(self) -> list:
+        return [*self.final.identity(), [(keep, stage.input_ids.shape[1]) for keep, stage in self.stages]]

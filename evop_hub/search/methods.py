@@ -22,35 +22,46 @@ from .evaluator import Evaluator, Fitness, Mask, as_mask
 
 @dataclass
 class SearchConfig:
-    """Settings of the search methods; each method reads the fields it needs.
+    """Settings of the search methods and of the fitness they search on; each method reads the fields it needs.
 
-    Defaults of ``evop``: population 32 and 40 generations with top-30 % truncation
-    selection, as EvoP's EPPS (the paper's 100 iterations at 13B are reached well before on
-    small models: the search stops after ``patience`` generations without improvement).
-    Beyond the paper, and why: the initial population is seeded from one dense pass
-    (block redundancy, as ShortGPT reads it) instead of purely at random, which finds good
-    regions with far fewer evaluations; mutation swaps a dropped block for a kept one so
-    every child has exactly ``k`` blocks without repair noise; and the best pattern is
-    polished by a swap local search, so the answer is a local optimum under single swaps
-    (a plain GA's answer often is not: our k=6 SmolLM2 measurement lost to SLEB that way).
-    With ``seed_sleb`` SLEB's greedy answer joins the first population, so the search
-    never ends above SLEB on the same calibration. A generation never holds more than about
-    the square root of the number of possible patterns, so small spaces are searched, not swept.
+    The fitness is KL(dense || pruned) (``fitness="kl"``) with staged selection (``stages``), EvoPress's
+    recipe, because what a user wants is a pruned model that stays close to the dense one on text
+    unlike the calibration set: the NLL of the calibration tokens rewards fitting that text.
+    ``--preset paper`` restores EvoP's own settings (NLL, no stages, 5 x 2048 WikiText-2 tokens).
+
+    Beyond the paper, and why: the initial population is seeded from one dense pass (block
+    redundancy, as ShortGPT reads it, and the angular criterion's run of blocks) instead of purely
+    at random, which finds good regions with far fewer evaluations; mutation swaps a dropped block
+    for a kept one so every child has exactly ``k`` blocks without repair noise; and the best
+    pattern is polished by a swap local search, so the answer is a local optimum under single swaps.
+    With ``seed_sleb`` SLEB's greedy answer joins the first population, so the search never ends
+    above SLEB on the same calibration (it costs a greedy pass over the full calibration set, so
+    the default leaves it to the paper preset). A generation never holds more than about the
+    square root of the number of possible patterns, so small spaces are searched, not swept.
     """
 
     method: str = "evop"
     seed: int = 0
+    fitness: str = "kl"  # "kl": mean KL(dense || pruned) per token; "nll": mean next-token NLL
+    # KEEP@TOKENS stages of staged selection (see StagedEvaluator); "" scores every candidate on everything
+    stages: str = "8@64,2@256"
     population: int = 32
     generations: int = 40
-    survivors: float = 0.3
+    survivors: float = 0.0625  # parents: with staged selection only they are scored on everything
     mutation: float = 0.15
     elites: int = 2
     patience: int = 6
-    seed_sleb: bool = True
+    seed_sleb: bool = False
+    seed_angular: bool = True
     local_search: bool = True
     budget: int | None = None  # random search: masks to try (default population x generations)
     exhaustive_limit: int = 50_000
     chunk: int = 64  # patterns per checkpoint for exhaustive and random search
+
+
+# EvoP's EPPS as the paper runs it (with this library's seeding and local search): `--preset paper`, and the
+# search of `evop-hub compare`, which reproduces the paper's experiments.
+PAPER_SEARCH: dict[str, Any] = {"fitness": "nll", "stages": "", "survivors": 0.3, "seed_sleb": True, "seed_angular": False}
 
 
 @dataclass
@@ -177,7 +188,8 @@ def population_size(ctx: SearchContext) -> int:
 
 
 def _initial_population(ctx: SearchContext) -> list[Mask]:
-    """Redundancy-seeded: the k most redundant blocks, SLEB's answer when ``seed_sleb``, then draws
+    """Redundancy-seeded: the k most redundant blocks, the angular criterion's run of k blocks when
+    ``seed_angular``, SLEB's answer when ``seed_sleb``, then draws
     biased toward redundant blocks up to two thirds of the population and uniform draws for the rest."""
     m, k, size = ctx.num_blocks, ctx.k, population_size(ctx)
     influence = [1 - c for c in ctx.evaluator.layer_cosines(1)]
@@ -186,8 +198,14 @@ def _initial_population(ctx: SearchContext) -> list[Mask]:
     for position, block in enumerate(rank):
         weights[block] = math.exp(-3.0 * position / m)
     population = [as_mask(rank[:k])]
+    if ctx.config.seed_angular:
+        population.append(angular(SearchContext(ctx.evaluator, k, ctx.config, ctx.rng)))
     if ctx.config.seed_sleb:
         population.append(sleb(SearchContext(ctx.evaluator, k, ctx.config, ctx.rng)))
+    population = list(dict.fromkeys(population))
+    # The seeds are scored on the whole calibration set, so a cheaper stage never screens them out: the search's
+    # answer is never worse on the calibration set than the one-shot criteria (and SLEB) it starts from.
+    ctx.evaluator.evaluate(population)
     attempts = 0
     while len(population) < size and attempts < 50 * size:
         attempts += 1

@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 from bench_quality import TIERS, hardware, held_out, load_model, write
 
-from evop_hub.search import SearchConfig, SerialEvaluator, run_search
+from evop_hub.search import PAPER_SEARCH, SearchConfig, SerialEvaluator, run_search
 
 
 def equal_weights(windows: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> dict:
         if args.radius is not None:
             masks = sorted({m for m in masks for c in chosen.get(k, {}) if len(set(m) - set(c)) <= args.radius})
         else:  # the scan finds the best exactly; the call below then completes whatever may be in the top
-            config = SearchConfig(method="exhaustive", chunk=args.chunk, exhaustive_limit=len(masks))
+            # the settings its tracked checkpoint was made with (an NLL scan, SLEB-seeded defaults of the time)
+            config = SearchConfig(**PAPER_SEARCH, method="exhaustive", chunk=args.chunk, exhaustive_limit=len(masks))
             scan = run_search(evaluator, k, config, state_dir=Path(args.state or args.out + ".state") / f"k{k}",
                               resume=True)
         fits = evaluator.evaluate(masks, survivors=args.top)

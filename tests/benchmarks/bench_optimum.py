@@ -18,7 +18,7 @@ import time
 import torch
 
 import evop_hub
-from evop_hub.search import SearchConfig, SerialEvaluator, run_search
+from evop_hub.search import PAPER_SEARCH, SearchConfig, SerialEvaluator, run_search
 from evop_hub.search.methods import swap_neighbours
 
 
@@ -46,7 +46,7 @@ def main():
         result = run_search(evaluator, args.k, config, progress=False)
         return result, evaluator.stats, time.perf_counter() - start
 
-    exhaustive, stats, seconds = run(SearchConfig(method="exhaustive"))
+    exhaustive, stats, seconds = run(SearchConfig(**PAPER_SEARCH, method="exhaustive"))
     print(json.dumps({"method": "exhaustive", "mask": list(exhaustive.mask), "loss": round(exhaustive.loss, 6),
                       "block_calls": stats.block_forwards, "share_of_naive": round(stats.block_forwards / naive, 3),
                       "seconds": round(seconds, 1)}), flush=True)
@@ -61,7 +61,7 @@ def main():
     cosines = SerialEvaluator(loaded.model, calibration).layer_cosines(1)
     print(json.dumps({"redundancy_rank": sorted(range(args.blocks), key=lambda i: 1 - cosines[i])}), flush=True)
     for seed in args.seeds:
-        config = SearchConfig(method="evop", seed=seed, seed_sleb=False, local_search=args.local_search)
+        config = SearchConfig(**{**PAPER_SEARCH, "seed_sleb": False}, method="evop", seed=seed, local_search=args.local_search)
         result, stats, seconds = run(config)
         # When the search first held the optimum (trace rows carry the evaluator's counters at each step's end);
         # what follows it is the search certifying it: generations without improvement, then the swap local search.

@@ -66,7 +66,7 @@ from evop_hub.evaluate.heldout import HeldOut
 from evop_hub.models import LoadConfig
 from evop_hub.prune import PruneConfig
 from evop_hub.report.provenance import hardware as shared_hardware
-from evop_hub.search import SearchConfig, SerialEvaluator, run_search
+from evop_hub.search import PAPER_SEARCH, SearchConfig, SerialEvaluator, run_search
 
 WIKITEXT = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "wikitext-2"
 RUNS = ("evop_ccds", "evop_random", "sleb_ccds", "sleb_random")
@@ -157,10 +157,10 @@ def run_model(name: str, protocol: Protocol, bar: tqdm) -> dict[str, Any]:
                                                   cache_bytes=int(defaults.cache_gib * (1 << 30)))
         for k in protocol.ks:
             runs = {
-                "evop_ccds": search(evaluators["ccds"], k, replace(defaults.search, seed=seed), heldout),
+                "evop_ccds": search(evaluators["ccds"], k, replace(defaults.search, **PAPER_SEARCH, seed=seed), heldout),
                 "sleb_ccds": search(evaluators["ccds"], k, SearchConfig(method="sleb"), heldout),
                 "sleb_random": search(evaluators["random"], k, SearchConfig(method="sleb"), heldout),
-                "evop_random": search(evaluators["random"], k, replace(defaults.search, seed=seed), heldout),
+                "evop_random": search(evaluators["random"], k, replace(defaults.search, **PAPER_SEARCH, seed=seed), heldout),
             }
             cells.append({"seed": seed, "k": k, "runs": runs})
             tqdm.write(json.dumps({"seed": seed, "k": k, **{name: {key: r[key] for key in (
@@ -174,7 +174,7 @@ def run_model(name: str, protocol: Protocol, bar: tqdm) -> dict[str, Any]:
         "source_blocks": loaded.record.num_blocks,  # the record counts blocks in the original numbering
         "heldout_windows": heldout.info,
         "dense": score(heldout, ()),
-        "search_defaults": asdict(defaults.search),
+        "search_defaults": asdict(replace(defaults.search, **PAPER_SEARCH)),
         "cells": cells,
         "summary": summarise(cells, protocol.ks),
     }

@@ -365,3 +365,38 @@ def test_the_corpora_command_lists_every_registered_corpus():
     for name, spec in CORPORA.items():
         assert f"{name} ({', '.join(spec.splits)}): {spec.description}" in out.stdout
         assert f"license: {spec.license}" in out.stdout
+
+
+def test_a_mixture_takes_about_equal_text_from_each_part_labelled_by_part(tmp_path):
+    from evop_hub.data.corpora import check_corpus_spec, load_mixture
+
+    def jsonl(name, texts):  # one document a line
+        (tmp_path / name).write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+
+    jsonl("big.jsonl", [f"Big document {i} says something long enough." * 20 for i in range(200)])
+    jsonl("small.jsonl", [f"Small note {i}." for i in range(30)])
+    spec = f"{tmp_path / 'big.jsonl'}+{tmp_path / 'small.jsonl'}"
+    assert check_corpus_spec(spec) == ("mixture", spec)
+    mix = load_mixture(spec.split("+"), chars=5_000)
+    by_part = collections.Counter()
+    for doc in mix.documents:
+        by_part[doc.label] += len(doc.text)
+    big, small = by_part[str(tmp_path / "big.jsonl")], by_part[str(tmp_path / "small.jsonl")]
+    assert 5_000 <= big < 5_000 + 1_000 and small == sum(len(f"Small note {i}.") for i in range(30))  # all of it
+    again = load_corpus(spec)  # the same fixed subset every time, whatever the calibration seed
+    assert [d.text for d in again.documents] == [d.text for d in load_corpus(spec).documents]
+    assert mix.name == "mixture" and "big.jsonl" in mix.split and "small.jsonl" in mix.split
+
+
+def test_a_mixture_skips_missing_parts_only_when_asked(tmp_path, offline):
+    from evop_hub.data.corpora import load_mixture
+
+    (tmp_path / "a.txt").write_text("Some text.\n\nMore text.")
+    with pytest.raises(EvopError, match="wikitext2"):
+        load_mixture(["wikitext2:train", str(tmp_path / "a.txt")])
+    mix = load_mixture(["wikitext2:train", str(tmp_path / "a.txt")], skip_missing=True)
+    assert {d.label for d in mix.documents} == {str(tmp_path / "a.txt")}
+    with pytest.raises(EvopError, match="none of the calibration corpora"):
+        load_mixture(["wikitext2:train"], skip_missing=True)
+    with pytest.raises(EvopError, match="unknown corpus"):
+        load_corpus("wiki-leads:train+nosuchcorpus")

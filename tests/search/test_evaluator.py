@@ -16,18 +16,23 @@ from evop_hub.search import PoolEvaluator, SearchConfig, SerialEvaluator, num_dr
 from ..models.conftest import ARCHITECTURES, build
 
 
-def plain_loss(model, dropped, ids):
-    """Reference: physically pruned copy, one full forward per sample, HF's own loss."""
+def plain_mean(model, dropped, ids, score):
+    """Reference: a physically pruned copy, one full forward per sample; the mean over predicted tokens of
+    ``score(pruned, row)``, a sample's summed loss."""
     pruned = copy.deepcopy(model)
     if dropped:
         drop_blocks(pruned, dropped)
     total = tokens = 0.0
     with torch.no_grad():
         for row in ids:
-            out = pruned(row[None], labels=row[None])
-            total += float(out.loss) * (row.numel() - 1)
+            total += score(pruned, row)
             tokens += row.numel() - 1
     return total / tokens
+
+
+def plain_loss(model, dropped, ids):
+    """HF's own loss of the pruned copy."""
+    return plain_mean(model, dropped, ids, lambda pruned, row: float(pruned(row[None], labels=row[None]).loss) * (row.numel() - 1))
 
 
 def calibration(model, n=4, seq=12, seed=0):
