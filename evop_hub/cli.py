@@ -6,6 +6,7 @@ shows the traceback instead. Commands parse options, call the API, print results
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import shlex
@@ -25,7 +26,7 @@ app = typer.Typer(
     help="Prune LLMs by removing whole transformer blocks (EvoP) and publish them on the Hugging Face Hub.",
 )
 
-_state = {"debug": False}
+_state = {"debug": False, "output": None}  # output: prune's, for the resume hint on Ctrl-C
 
 
 class _EchoHandler(logging.Handler):
@@ -72,6 +73,8 @@ MaxMemoryOpt = Annotated[
 OffloadOpt = Annotated[Optional[Path], typer.Option("--offload-folder", help="Folder for weights offloaded to disk.")]
 TrustOpt = Annotated[bool, typer.Option("--trust-remote-code", help="Allow code from the model repository to run.")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output directory.")]
+CompensateOpt = Annotated[str, typer.Option("--compensate", help="none, or linear: fold a least-squares map per run of removed blocks into the MLP of the block before it (ReplaceMe), fitted on the calibration set.")]
+CompensateRidgeOpt = Annotated[float, typer.Option("--compensate-ridge", help="--compensate linear: ridge toward the identity map, relative to the mean eigenvalue of the MLP outputs' Gram matrix (0: plain least squares).")]
 
 
 def _load_config(revision, dtype, device_map, max_memory, offload_folder, trust_remote_code):
@@ -139,16 +142,35 @@ def drop(
     offload_folder: OffloadOpt = None,
     trust_remote_code: TrustOpt = False,
     overwrite: OverwriteOpt = False,
+    compensate: CompensateOpt = "none",
+    compensate_ridge: CompensateRidgeOpt = 1e-2,
+    calibration: Annotated[Optional[Path], typer.Option("--calibration", help="--compensate linear: a file from `evop-hub calibrate` to fit the maps on.")] = None,
 ) -> None:
     """Remove known blocks and save a smaller, standard checkpoint."""
+    from .calibration import CalibrationSet
     from .models import drop as drop_blocks
     from .models import parse_layers, prepare_output, save
+    from .models.compensation import calibration_info, check_method, check_ridge, compensated_drop
 
     dropped = parse_layers(layers)  # a typo fails now, not after loading a big model
+    if check_method(compensate) != "none" and calibration is None:
+        raise EvopError("--compensate linear fits its maps on calibration text: give --calibration FILE (from `evop-hub calibrate`)")
+    if compensate == "none" and calibration is not None:
+        raise EvopError("--calibration is used only by --compensate linear; drop it or add --compensate linear")
+    check_ridge(compensate_ridge)
+    cal = CalibrationSet.load(calibration) if calibration is not None else None  # a bad file fails before loading
     target = prepare_output(output, overwrite=overwrite)
     loaded = _load(model, revision, dtype, device_map, max_memory, offload_folder, trust_remote_code)
-    drop_blocks(loaded, dropped)
+    if cal is None:
+        drop_blocks(loaded, dropped)
+    else:
+        cal.check_tokenizer(loaded.tokenizer, where=str(calibration))
+        compensated_drop(loaded, dropped, cal.input_ids, ridge=compensate_ridge, calibration=calibration_info(cal))
     path = save(loaded, target, command=command_line(), overwrite=True)
+    if loaded.record.compensation:
+        nll, kl = loaded.record.compensation["calibration_nll"], loaded.record.compensation["calibration_kl"]
+        typer.echo(f"compensated: calibration NLL {nll['pruned']:.4f} -> {nll['compensated']:.4f} (all blocks: {nll['dense']:.4f}), "
+                   f"KL to all blocks {kl['pruned']:.4f} -> {kl['compensated']:.4f}")
     typer.echo(f"saved {loaded.record.num_blocks - len(dropped)}-block model to {path}")
 
 
@@ -386,6 +408,8 @@ def print_push(result) -> None:
     """What a push did (or, with --dry-run, exactly which files it would send)."""
     for warning in result.warnings:
         typer.echo(f"warning: {warning}", err=True)
+    if result.left_out:
+        typer.echo(f"not uploaded (evop-hub did not write them): {', '.join(result.left_out)}", err=True)
     if result.dry_run:
         typer.echo(f"dry run: would upload to model repo {result.repo_id}:")
         typer.echo("\n".join(f"  {name}" for name in result.files))
@@ -489,6 +513,8 @@ def prune(
     offload_folder: OffloadOpt = None,
     trust_remote_code: TrustOpt = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+    compensate: CompensateOpt = "none",
+    compensate_ridge: CompensateRidgeOpt = 1e-2,
     push_to_hub: Annotated[bool, typer.Option("--push", help="Publish the result (and a demo Space) on the Hub.")] = False,
     repo_id: RepoIdOpt = None,
     private: PrivateOpt = True,
@@ -534,6 +560,8 @@ def prune(
         sparsity=sparsity,
         pattern=pattern,
         num_drop=num_drop,
+        compensate=compensate,
+        compensate_ridge=compensate_ridge,
         search=replace(
             config.search,
             method=method,
@@ -562,6 +590,7 @@ def prune(
         progress=not quiet,
         command=command_line(),
     )
+    _state["output"] = config.output
     result = run_prune(model, config)
     losses = result.record.scores["calibration_loss"]
     if result.search is None:  # a width baseline: nothing was searched
@@ -575,6 +604,10 @@ def prune(
         )
         if plot:
             typer.echo(f"wrote {convergence_plot(result.search.trace, plot)}")
+    if result.record.compensation:
+        nll, kl = result.record.compensation["calibration_nll"], result.record.compensation["calibration_kl"]
+        typer.echo(f"compensated: calibration NLL {nll['pruned']:.4f} -> {nll['compensated']:.4f} (all blocks: {nll['dense']:.4f}), "
+                   f"KL to all blocks {kl['pruned']:.4f} -> {kl['compensated']:.4f}")
     typer.echo(f"saved {result.output}")
     if push_to_hub:
         print_push(push_dir(result.output, push_config))
@@ -670,9 +703,27 @@ def main() -> None:
             raise
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC or _state["debug"]:
+            raise
+        typer.echo(f"error: no space left on the device holding {exc.filename or 'the output'}; free some space, "
+                   "then run again", err=True)
+        sys.exit(2)
+    except (KeyboardInterrupt, SystemExit) as exc:
+        if isinstance(exc, SystemExit) and exc.code != 130:  # typer ends a command's Ctrl-C as a silent exit 130
+            raise
+        typer.echo(_interrupted(), err=True)
         sys.exit(130)
+
+
+def _interrupted() -> str:
+    """The line for Ctrl-C: a prune whose output holds its run state can go on from where it stopped."""
+    from .models.saving import has_run
+
+    output = _state.get("output")
+    if output is not None and has_run(Path(output)):
+        return f"interrupted; the run so far is saved in {output}: repeat the command with --resume to continue it"
+    return "interrupted"
 
 
 if __name__ == "__main__":

@@ -32,6 +32,18 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def check_writable(path: str | Path) -> None:
+    """Refuse a file that could not be written at ``path`` (its folder, or the nearest existing one that
+    ``atomic_path`` would create it in, is not a writable directory): checked before the long work, which
+    would otherwise end in a traceback with its result lost."""
+    path = Path(path).expanduser().absolute()
+    folder = next(p for p in path.parents if p.exists())
+    if not folder.is_dir():
+        raise EvopError(f"cannot write {path}: {folder} is not a directory; choose another path")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise EvopError(f"cannot write to {folder}; choose another path for {path.name}")
+
+
 def temp_dir(parent: str | Path, prefix: str) -> Path:
     """A new directory in ``parent``, to be renamed into place when complete. mkdtemp makes it private
     (0700); it gets the mode a plain mkdir would under the user's umask, as the directory it becomes."""

@@ -18,6 +18,7 @@ from .data.corpora import check_corpus_spec, load_mixture
 from .errors import EvopError
 from .files import atomic_path, release_output
 from .models import LoadConfig, LoadedModel, drop, find_blocks, input_device, load, prepare_output, save, text_config
+from .models.compensation import DEFAULT_RIDGE, calibration_info, check_compensable, check_method, check_ridge, compensated_drop
 from .models.saving import check_not_source, run_state
 from .record import PruningRecord
 from .search import METHODS, PAPER_SEARCH, SearchConfig, SearchResult, evaluator_for, num_drop, run_search
@@ -56,6 +57,10 @@ class PruneConfig:
     progress: bool = True
     command: str | None = None
     pattern: str | None = None  # wanda only: N:M semi-structured sparsity, e.g. "2:4"
+    # After removal, "linear" folds a least-squares map per run of removed blocks into the MLP projection of the
+    # block before it (ReplaceMe), fitted on the calibration set; "none" leaves the kept weights untouched.
+    compensate: str = "none"
+    compensate_ridge: float = DEFAULT_RIDGE  # the map's ridge toward identity, relative to tr(MᵀM) / hidden
 
 
 # Named settings for common cases. `default`: the defaults of PruneConfig; `paper`: EvoP as the paper describes it (CCDS of 5 x 2048 WikiText-2 tokens,
@@ -143,7 +148,11 @@ def prune(model: str | LoadedModel, config: PruneConfig | None = None) -> PruneR
         check_corpus_spec(config.corpus)  # a typo fails now, not after the model has loaded
     if config.calibration_file:
         CalibrationSet.load(config.calibration_file)  # a missing or foreign file fails now; its tokenizer once loaded
+    check_method(config.compensate)
+    check_ridge(config.compensate_ridge)
     if config.search.method in BASELINES:
+        if config.compensate != "none":
+            raise EvopError(f"--compensate replaces removed blocks; {config.search.method} removes none")
         return prune_baseline(model, config)
     if config.search.method not in METHODS:  # settings are checked before anything slow starts
         raise EvopError(f"unknown --method {config.search.method!r}; choose from {', '.join([*METHODS, *BASELINES])}")
@@ -174,11 +183,17 @@ def _search_and_drop(loaded: LoadedModel, config: PruneConfig, output: Path | No
     log.info("dropping k=%d of %d blocks (about %.1f%% of parameters)", k, blocks,
              100 * k * per_block / loaded.record.parameters_before)
     calibration = _calibration(loaded, config, run_dir)
+    if config.compensate != "none":  # an architecture that cannot be compensated is refused before the search
+        check_compensable(loaded.model, calibration.input_ids)
     settings = {"batch_size": config.batch_size, "cache_bytes": int(config.cache_gib * (1 << 30))}
     ids = calibration.input_ids if config.search_devices else calibration.input_ids.to(input_device(loaded.model))
     evaluator = evaluator_for(loaded.model, ids, config.search, config.search_devices, **settings)
     result = run_search(evaluator, k, config.search, state_dir=run_dir, resume=config.resume, progress=config.progress)
-    drop(loaded, result.mask)
+    if config.compensate == "none":
+        drop(loaded, result.mask)
+    else:
+        compensated_drop(loaded, result.mask, calibration.input_ids, ridge=config.compensate_ridge,
+                         batch_size=config.batch_size, calibration=calibration_info(calibration))
     record = loaded.record
     record.method = config.search.method
     record.sparsity = k / blocks

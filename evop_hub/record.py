@@ -54,6 +54,7 @@ class PruningRecord:
     parameters_after: int | None = None
     calibration: dict[str, Any] | None = None
     search: dict[str, Any] | None = None
+    compensation: dict[str, Any] | None = None  # a linear map folded into kept weights (--compensate), if any
     scores: dict[str, Any] = field(default_factory=dict)
     command: str | None = None
     versions: dict[str, str] = field(default_factory=versions)

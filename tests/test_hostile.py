@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -18,9 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
 import evop_hub
 from evop_hub.errors import EvopError
+from evop_hub.files import release_output
 from evop_hub.models import prepare_output
 from evop_hub.record import RECORD_NAME, STATE_DIR
 
@@ -98,6 +101,63 @@ def _read_only_parent(s: Scene) -> list:
     return ["drop", s.dense, "--layers", "1", "--output", s.run, "--overwrite"]
 
 
+def _calibration_file(s: Scene, ids: torch.Tensor, metadata: str | None = None) -> Path:
+    """A calibration file for the tiny models, holding ``ids`` (and ``metadata`` instead of valid metadata)."""
+    from safetensors.torch import save_file
+
+    from evop_hub.calibration.calibration_set import FORMAT, METADATA_KEY, VERSION, tokenizer_fingerprint
+
+    valid = {"format": FORMAT, "version": VERSION, "sampler": "random", "tokenizer": "tiny",
+             "tokenizer_fingerprint": tokenizer_fingerprint(tiny_tokenizer())}
+    path = s.tmp / "calibration.safetensors"
+    save_file({"input_ids": ids}, str(path), metadata={METADATA_KEY: json.dumps(valid) if metadata is None else metadata})
+    return path
+
+
+def _with_calibration(ids: torch.Tensor | None = None, metadata: str | None = None) -> Callable[[Scene], list]:
+    """`prune --calibration FILE`, FILE holding ``ids`` (default: valid ones)."""
+    ids = torch.randint(2, 20, (4, 16)) if ids is None else ids
+    return lambda s: ["prune", s.dense, "--calibration", _calibration_file(s, ids, metadata), "--num-drop", "1",
+                      "--output", s.tmp / "o"]
+
+
+def _damaged_copy(s: Scene, name: str, damage: Callable[[Path], None]) -> list:
+    """`info` on a copy of the dense model whose file ``name`` is damaged by ``damage``."""
+    broken = s.tmp / "broken"
+    shutil.copytree(s.dense, broken)
+    damage(broken / name)
+    return ["info", broken]
+
+
+def _corpus(s: Scene, data: bytes) -> Path:
+    path = s.tmp / "corpus.txt"
+    path.write_bytes(data)
+    return path
+
+
+def _calibrate_into(s: Scene, folder: Path) -> list:
+    return ["calibrate", s.dense, "-o", folder / "c.safetensors", "--corpus", _corpus(s, b"the cat sat on the mat " * 50),
+            "--sampler", "random", "--seq-len", "8", "--clusters", "2"]
+
+
+def _file_as_folder(s: Scene) -> Path:
+    (s.tmp / "afile").write_text("a file, not a folder")
+    return s.tmp / "afile"
+
+
+def _calibrate_read_only(s: Scene) -> list:
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only directories (the `afile` cases cover this for root)")
+    args = _calibrate_into(s, s.tmp)
+    s.tmp.chmod(0o555)
+    return args
+
+
+def _resume_damaged(s: Scene) -> list:
+    (s.run / STATE_DIR / "search_state.json").write_text('{"fingerprint": "abc", "memo": [[1, 2')
+    return [*_with_calibration()(s)[:-2], "--output", s.run, "--resume", "--stages", ""]
+
+
 # id -> (the command, given its scene; a phrase of the one error line)
 REFUSED: dict[str, tuple[Callable[[Scene], list], str]] = {
     # issue 21.4: --overwrite deletes nothing before the checks that refuse the run
@@ -119,6 +179,29 @@ REFUSED: dict[str, tuple[Callable[[Scene], list], str]] = {
     "cache-gib-inf": (lambda s: ["prune", s.dense, "--cache-gib", "inf", "--output", s.tmp / "o"], "not inf"),
     "sparsity-and-num-drop": (lambda s: ["prune", s.dense, "--sparsity", "1.5", "--num-drop", "1", "--output",
                                          s.tmp / "o"], "give one of them"),
+    # issue 21.8: damaged files and impossible values are one line, not a traceback
+    "corrupt-config-json": (lambda s: _damaged_copy(s, "config.json", lambda p: p.write_text('{"model_type": ')),
+                            "config.json is not valid JSON"),
+    "truncated-safetensors": (lambda s: _damaged_copy(s, "model.safetensors", lambda p: p.write_bytes(
+                              p.read_bytes()[:3000])), "are damaged"),
+    "corpus-not-utf8": (lambda s: ["calibrate", s.dense, "-o", s.tmp / "c.safetensors", "--corpus",
+                                   _corpus(s, b"the cat \xff\xfe sat\n"), "--sampler", "random", "--seq-len", "8"],
+                        "is not UTF-8 text"),
+    "resume-damaged-state": (_resume_damaged, "search_state.json is damaged"),
+    "device-map-missing-device": (lambda s: ["info", s.dense, "--device-map", '{"": "cuda:99"}'], "cuda:99"),
+    "layers-huge-range": (lambda s: ["drop", s.dense, "--layers", "0-99999999999", "--output", s.tmp / "o"],
+                          "no model has that many blocks"),
+    "calibration-bad-metadata": (_with_calibration(metadata="{not json"), "damaged calibration metadata"),
+    "calibration-float-ids": (_with_calibration(torch.rand(4, 16) * 10), "not integers"),
+    "calibration-negative-ids": (_with_calibration(torch.full((4, 16), -3)), "from -3 to -3"),
+    "calibration-out-of-range-ids": (_with_calibration(torch.full((4, 16), 1000)), "outside the tokenizer's 0..21"),
+    "calibration-1d-ids": (_with_calibration(torch.arange(2, 18)), "have shape [16]"),
+    "calibration-empty-ids": (_with_calibration(torch.zeros((0, 16), dtype=torch.int64)), "have shape [0, 16]"),
+    # issue 21.9: an output path that cannot be written is refused before the work, not after it
+    "plot-into-a-file": (lambda s: [*_with_calibration()(s), "--method", "sleb", "--plot",
+                                    _file_as_folder(s) / "p.png"], "afile is not a directory"),
+    "calibrate-into-a-file": (lambda s: _calibrate_into(s, _file_as_folder(s)), "afile is not a directory"),
+    "calibrate-read-only-folder": (_calibrate_read_only, "cannot write to"),
     # issue 21.2: code in a folder runs only when the user says so
     "space-runs-folder-code": (_space_with_code, "pass --trust-remote-code"),
 }
@@ -230,3 +313,86 @@ def test_checks_come_before_the_old_state_goes(scene, monkeypatch):
     with pytest.raises(EvopError, match="source model's own directory"):
         evop_hub.save(loaded, prepare_output(scene.run, overwrite=True), overwrite=True)
     assert tree(scene.tmp) == before
+
+
+def test_a_save_killed_between_its_renames_is_recovered_on_the_next_run(scene):
+    """21.7: a kill between the two renames of an overwrite left the output only in a hidden `.run.old-PID` (so
+    --resume found nothing), and one during the save a full-size `.run.tmp-*`: the next run for that output puts
+    the old one back and removes the temporary, saying so."""
+    hidden = scene.tmp / ".run.old-4242"
+    scene.run.rename(hidden)
+    (scene.tmp / ".run.tmp-x1y2z3").mkdir()
+    (scene.tmp / ".run.tmp-x1y2z3" / "model.safetensors").write_bytes(b"half a checkpoint")
+    output = prepare_output(scene.run, resume=True)  # old code: "holds no run to resume"
+    release_output(output)
+    assert (scene.run / STATE_DIR / "search_state.json").read_text() == '{"generation": 7}\n'
+    assert sorted(p.name for p in scene.tmp.iterdir()) == ["run"]
+
+
+def test_leftovers_beside_an_output_are_removed_and_logged(models, tmp_path):
+    """21.7 through the CLI: leftovers of a killed save beside an output that is in place go, one line each."""
+    dense, pruned = models
+    out = tmp_path / "out"
+    shutil.copytree(pruned, out)
+    shutil.copytree(pruned, tmp_path / ".out.old-4242")  # killed after the new output took its place
+    (tmp_path / ".out.tmp-abc123").mkdir()
+    result = cli("drop", dense, "--layers", "2", "--output", out, "--overwrite")
+    assert result.returncode == 0, result.stderr
+    assert "removed .out.old-4242" in result.stderr and "removed .out.tmp-abc123" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_ctrl_c_is_one_line_and_exit_130(models, tmp_path):
+    """21.13: SIGINT during a run exits 130 with a line saying it was interrupted (old code: nothing at all)."""
+    dense, _ = models
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    run = subprocess.Popen([sys.executable, "-m", "evop_hub.cli", "prune", dense, "--preset", "quick", "--num-drop",
+                            "1", "--output", tmp_path / "out", "--quiet"], stderr=subprocess.PIPE, text=True, env=env)
+    while not run.stderr.readline().startswith("dropping"):  # the model is loaded: the run's work has begun
+        assert run.poll() is None
+    run.send_signal(signal.SIGINT)
+    stderr = run.stderr.read()
+    assert run.wait(timeout=60) == 130
+    assert stderr.splitlines()[-1].startswith("interrupted") and "Traceback" not in stderr, stderr
+
+
+def test_ctrl_c_after_a_checkpoint_says_how_to_resume(models, tmp_path, monkeypatch, capsys):
+    """21.13: interrupted once the run state holds something to resume, the line says to add --resume."""
+    import importlib
+
+    from evop_hub import cli as cli_module
+
+    dense, _ = models
+    out = tmp_path / "out"
+
+    def interrupted(model, config):
+        (out / STATE_DIR).mkdir(parents=True)
+        (out / STATE_DIR / "search_state.json").write_text("{}")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(importlib.import_module("evop_hub.prune"), "prune", interrupted)  # the module, not the function
+    monkeypatch.setattr(sys, "argv", ["evop-hub", "prune", str(dense), "--output", str(out)])
+    with pytest.raises(SystemExit) as exit_:
+        cli_module.main()
+    assert exit_.value.code == 130
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("interrupted") and "--resume" in line and str(out) in line
+
+
+def test_a_full_disk_is_one_line(scene, monkeypatch, capsys):
+    """21.8: ENOSPC anywhere (a search checkpoint, a card) is one `error:` line and exit 2, not a traceback."""
+    import errno
+
+    import evop_hub.hub
+    from evop_hub import cli as cli_module
+
+    def full(directory):
+        raise OSError(errno.ENOSPC, "No space left on device", str(directory / "README.md"))
+
+    monkeypatch.setattr(evop_hub.hub, "write_card", full)
+    monkeypatch.setattr(sys, "argv", ["evop-hub", "card", str(scene.run)])
+    with pytest.raises(SystemExit) as exit_:
+        cli_module.main()
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == f"error: no space left on the device holding {scene.run / 'README.md'}; " \
+                                      "free some space, then run again\n"

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from ..errors import EvopError
-from ..files import atomic_path
+from ..files import atomic_path, check_writable
 
 FORMAT = "evop-hub-calibration"
 VERSION = 2  # 2: samples are BOS-led where the tokenizer uses BOS
@@ -31,13 +31,41 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
 
 
 def refuse_existing(path: str | Path, overwrite: bool) -> Path:
-    """Check before the long work that an output will not replace a user's file by accident."""
+    """Check before the long work that an output will not replace a user's file by accident, and can be written."""
     path = Path(path).expanduser()
     if path.exists() and not overwrite:
         raise EvopError(f"{path} already exists; pass --overwrite to replace it or choose another name")
     if path.is_dir():
         raise EvopError(f"{path} is a directory; give a file name")
+    check_writable(path)
     return path
+
+
+def _metadata(path: Path, raw: str) -> dict[str, Any]:
+    """The file's metadata as a dict; damaged or foreign metadata is refused in one line."""
+    try:
+        metadata = json.loads(raw)
+    except ValueError:
+        metadata = None
+    if not isinstance(metadata, dict) or not isinstance(metadata.get("version", 0), int):
+        raise EvopError(f"{path} has damaged calibration metadata; make a new file with `evop-hub calibrate`")
+    if metadata.get("version", 0) > VERSION:
+        raise EvopError(f"{path} was written by a newer evop-hub (format version {metadata['version']}); upgrade evop-hub")
+    return metadata
+
+
+def _ids_problem(ids: torch.Tensor, vocab: int | None) -> str | None:
+    """What makes ``ids`` unusable as calibration samples (a damaged or hand-made file), or None. Checked on
+    load: such ids would otherwise fail deep inside the model, or index past its embeddings."""
+    if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+        return f"its token ids are {ids.dtype}, not integers"
+    if ids.dim() != 2 or ids.shape[0] == 0 or ids.shape[1] < 2:
+        return f"its input_ids have shape {list(ids.shape)}, not [samples, tokens] with 2 or more tokens"
+    low, high = int(ids.min()), int(ids.max())
+    if low < 0 or (vocab is not None and high >= vocab):
+        limit = f"0..{vocab - 1}" if vocab is not None else "0 or more"
+        return f"its token ids run from {low} to {high}, outside the tokenizer's {limit}"
+    return None
 
 
 @dataclass
@@ -71,12 +99,14 @@ class CalibrationSet:
             raise EvopError(f"{path} is not a readable safetensors file ({exc}); make one with `evop-hub calibrate`") from None
         if raw is None or "input_ids" not in tensors:
             raise EvopError(f"{path} is not an evop-hub calibration file; make one with `evop-hub calibrate`")
-        metadata = json.loads(raw)
-        if metadata.get("version", 0) > VERSION:
-            raise EvopError(f"{path} was written by a newer evop-hub (format version {metadata['version']}); upgrade evop-hub")
+        metadata = _metadata(path, raw)
         calibration = cls(tensors.pop("input_ids"), metadata, tensors)
         if tokenizer is not None:
             calibration.check_tokenizer(tokenizer, where=str(path))
+        problem = _ids_problem(calibration.input_ids, len(tokenizer) if tokenizer is not None else None)
+        if problem:
+            raise EvopError(f"{path} is not a usable calibration set: {problem}; make one with `evop-hub calibrate`")
+        calibration.input_ids = calibration.input_ids.long()
         return calibration
 
     def check_tokenizer(self, tokenizer: Any, where: str = "the calibration set") -> None:

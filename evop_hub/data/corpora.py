@@ -179,9 +179,13 @@ def _read_jsonl(path: Path) -> list[Document]:
 
 
 def _read_file(path: Path) -> list[Document]:
-    if path.name.endswith(".txt"):
-        return [Document(path.read_text(encoding="utf-8"), title=path.stem)]
-    return _read_jsonl(path)
+    """A local corpus file's documents; text that is not UTF-8 (Latin-1, UTF-16, a binary) is refused in one line."""
+    try:
+        if path.name.endswith(".txt"):
+            return [Document(path.read_text(encoding="utf-8"), title=path.stem)]
+        return _read_jsonl(path)
+    except UnicodeDecodeError as exc:
+        raise EvopError(f"{path} is not UTF-8 text (byte {exc.start}); convert it, e.g. with iconv -t utf-8") from None
 
 
 def _load_local(path: Path) -> Corpus:

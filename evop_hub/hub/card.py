@@ -69,7 +69,12 @@ Block pattern (1 = kept, 0 = dropped), original numbering:
 Mapping of the new block index to the original one:
 
 {{ mapping_table }}
-{% endif %}{% if calibration_loss or scores_table or tasks_table or speed_table %}
+{% if compensation_lines %}
+Compensation (training-free, folded into the kept weights; the checkpoint's shapes and config are unchanged):
+{% for line in compensation_lines %}
+- {{ line }}
+{%- endfor %}
+{% endif %}{% endif %}{% if calibration_loss or scores_table or tasks_table or speed_table %}
 ## Results
 {% if calibration_loss %}
 {{ calibration_loss }}
@@ -333,6 +338,28 @@ def _clusters_table(calibration: dict[str, Any] | None) -> str:
     return table(["cluster", "size", "top terms", "representative snippet"], rows) if rows else ""
 
 
+def _compensation_lines(record: PruningRecord) -> list[str]:
+    """From ``record.compensation`` (``--compensate linear``): which projections took a map, fitted on what, to what effect."""
+    comp = record.compensation
+    if not comp:
+        return []
+    data = ", ".join(f"{k} `{v}`" for k, v in (comp.get("calibration") or {}).items()) or "the calibration set"
+    lines = [f"Method: `{comp['method']}` ({comp.get('reference', '')}), {comp.get('objective', '')}, ridge {comp.get('ridge')}",
+             f"Fitted on {comp.get('samples')} samples, {comp.get('tokens')} tokens: {data}"]
+    for run in comp.get("runs", []):
+        mse = run.get("hidden_mse") or {}
+        lines.append(f"Blocks {', '.join(map(str, run['removed_blocks']))} replaced by a map folded into `{run['folded_into']}` "
+                     f"(original block {run['folded_into_block']}); hidden-state MSE {mse.get('uncompensated', 0):.4g} -> "
+                     f"{mse.get('compensated', 0):.4g}")
+    nll, kl = comp.get("calibration_nll") or {}, comp.get("calibration_kl") or {}
+    if nll:
+        lines.append(f"Calibration NLL: pruned {nll['pruned']:.4f} -> compensated {nll['compensated']:.4f} "
+                     f"(all blocks: {nll['dense']:.4f})" + (f"; KL(dense || model): {kl['pruned']:.4f} -> "
+                                                            f"{kl['compensated']:.4f}" if kl else "")
+                     + "; measured on the text it was fitted on, not held out")
+    return lines
+
+
 def _calibration_loss(record: PruningRecord) -> str:
     """From ``scores["calibration_loss"]`` (dense/pruned, as `prune` stores it), else the search summary."""
     loss, search = (record.scores or {}).get("calibration_loss"), record.search or {}
@@ -456,6 +483,7 @@ def render(record: PruningRecord, repo_id: str | None = None, license_files: lis
         parameters=_parameters(record),
         pattern_table=pattern_table(record.num_blocks, record.dropped_blocks),
         mapping_table=mapping_table(kept),
+        compensation_lines=_compensation_lines(record),
         calibration_loss=_calibration_loss(record),
         scores_table=table(["corpus", "text form", "window", "dense ppl", "pruned ppl", "change"], rows)
         if (rows := perplexity_rows(scores))

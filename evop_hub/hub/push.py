@@ -3,8 +3,8 @@
 One ``create_commit`` per repository (rather than ``upload_folder``): the card is rendered
 in memory for the target repo id, so a failed push leaves the local directory exactly as it
 was, and the file list is computed here, so ``--dry-run`` shows exactly what is sent. Only
-files inside the output directory (plus the base repo's license files) are sent, never its
-run state (``.evop/``).
+files evop-hub wrote into the output directory (plus the base repo's license files) are sent,
+never its run state (``.evop/``) nor the user's own files, which are listed as left out.
 """
 
 from __future__ import annotations
@@ -46,27 +46,37 @@ class PushResult:
     space_repo_id: str | None = None
     space_files: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    left_out: list[str] = field(default_factory=list)  # entries of the output directory evop-hub did not write
     dry_run: bool = False
     url: str | None = None
     commit: str | None = None
     space_url: str | None = None
 
 
-def upload_files(output_dir: Path) -> list[str]:
-    """Files of ``output_dir`` that go to the Hub (README.md is rendered separately), sorted."""
+def upload_files(output_dir: Path) -> tuple[list[str], list[str]]:
+    """(Files of ``output_dir`` that go to the Hub, sorted; its entries left out). Only what evop-hub wrote goes:
+    the last save's files (its list in ``.evop``; without one, those named like a checkpoint's), the record and the
+    license files `card` copies. A user's own files there (.env, notes, a clone's .git) stay local; README.md is
+    rendered separately."""
     from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
 
+    from ..models.saving import previous_save
+
     root = output_dir.resolve()
+    ours = previous_save(root) | {"config.json", RECORD_NAME, "README.md", *present_license_files(root)}
+    left_out = sorted(p.name + "/" * p.is_dir() for p in root.iterdir() if p.name not in ours | {STATE_DIR})
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
         for name in filenames + [d for d in dirnames if (Path(dirpath) / d).is_symlink()]:
             path = Path(dirpath) / name
             rel = path.relative_to(root).as_posix()
+            if rel.split("/")[0] not in ours:
+                continue
             if not path.resolve().is_relative_to(root):
                 raise EvopError(f"{output_dir}/{rel} links outside the output directory; replace it with a copy, then push")
             if path.is_file():
                 found.append(rel)
-    return sorted(filter_repo_objects(found, ignore_patterns=IGNORE_PATTERNS + DEFAULT_IGNORE_PATTERNS))
+    return sorted(filter_repo_objects(found, ignore_patterns=IGNORE_PATTERNS + DEFAULT_IGNORE_PATTERNS)), left_out
 
 
 @contextlib.contextmanager
@@ -169,7 +179,7 @@ def push(output_dir: str | Path, config: PushConfig | None = None) -> PushResult
     config = config or PushConfig()
     output_dir = Path(output_dir)
     record = check_output_dir(output_dir)
-    files = upload_files(output_dir)
+    files, left_out = upload_files(output_dir)
     if RECORD_NAME not in files:
         raise EvopError(f"{output_dir}/{RECORD_NAME} would not be uploaded; do not ignore it")
     repo_id, token = resolve_repo_id(config, default_repo_name(record))
@@ -211,6 +221,7 @@ def push(output_dir: str | Path, config: PushConfig | None = None) -> PushResult
         space_repo_id=repo_id if space else None,
         space_files=sorted(space.files) if space else [],
         warnings=warnings,
+        left_out=left_out,
         dry_run=config.dry_run,
     )
     if config.dry_run:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 
 from ..errors import EvopError
 from ..files import atomic_path, temp_dir
@@ -160,7 +161,7 @@ def _device_map(value: str | dict | None) -> str | dict | None:
         return value
     if value.lstrip().startswith("{"):
         try:
-            return json.loads(value)
+            return _check_map_devices(json.loads(value))
         except json.JSONDecodeError as exc:
             raise EvopError(f"--device-map is not valid JSON ({exc.msg}); give a strategy, a device or a JSON map") from exc
     if value in DEVICE_MAP_STRATEGIES or value == "disk":
@@ -172,6 +173,17 @@ def _device_map(value: str | dict | None) -> str | dict | None:
         f"unknown --device-map {value!r}; use {', '.join(DEVICE_MAP_STRATEGIES)}, a device such as cpu or cuda:0, "
         "or a JSON map of module names to devices"
     )
+
+
+def _check_map_devices(device_map: Any) -> dict:
+    """Every device a JSON --device-map names must be here (an integer is a GPU's index): a missing one would
+    fail as an assertion deep inside the first copy of weights."""
+    if not isinstance(device_map, dict):
+        raise EvopError("--device-map JSON must be an object of module names to devices, e.g. {\"\": \"cpu\"}")
+    for device in device_map.values():
+        if device != "disk":
+            check_device(f"cuda:{device}" if isinstance(device, int) else str(device))
+    return device_map
 
 
 def check_device(name: str) -> torch.device:
@@ -198,9 +210,20 @@ def _dtype(value: str) -> Any:
     return DTYPES[value]
 
 
-def _pretrained_kwargs(config: LoadConfig) -> dict[str, Any]:
+def accelerator_present() -> bool:
+    """Whether this torch sees a GPU (CUDA or ROCm, XPU) to load a model onto."""
+    xpu = getattr(torch, "xpu", None)
+    return torch.cuda.is_available() or bool(xpu is not None and xpu.is_available())
+
+
+def _pretrained_kwargs(config: LoadConfig, accelerator: bool | None = None) -> dict[str, Any]:
+    """``from_pretrained``'s loading arguments. Without a --device-map, a machine with a GPU loads onto it
+    (accelerate's "auto": the GPUs first, then the CPU): a search of a 13B model on the CPU takes days, and
+    nothing would say why. ``--device-map cpu`` keeps it on the CPU. ``accelerator`` overrides the probe."""
     kwargs: dict[str, Any] = {"dtype": _dtype(config.dtype)}
     device_map = _device_map(config.device_map)
+    if device_map is None and not config.max_memory and (accelerator_present() if accelerator is None else accelerator):
+        device_map = "auto"
     if device_map is not None:
         kwargs["device_map"] = device_map
     if config.max_memory:
@@ -467,6 +490,17 @@ def leading_bos(tokenizer: Any) -> int | None:
     return bos if bos is not None and tokenizer("a")["input_ids"][:1] == [bos] else None
 
 
+def _read_config(path: Path) -> dict[str, Any]:
+    """A local model's config.json, or one line saying it is damaged (the JSON error alone names no file)."""
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:  # not UTF-8 or not JSON
+        raise EvopError(f"{path} is not valid JSON ({exc}); restore the model's config.json") from None
+    if not isinstance(config, dict):
+        raise EvopError(f"{path} is not a JSON object; restore the model's config.json")
+    return config
+
+
 def load(name: str, config: LoadConfig | None = None) -> LoadedModel:
     """Load a causal LM for pruning: a Hub id, a local directory, a ``.gguf`` file or an offline name."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -474,7 +508,7 @@ def load(name: str, config: LoadConfig | None = None) -> LoadedModel:
     config = config or LoadConfig()
     source = _resolve(name, config)
     local_config = Path(source.path) / "config.json"
-    if not config.trust_remote_code and local_config.is_file() and "auto_map" in json.loads(local_config.read_text()):
+    if not config.trust_remote_code and local_config.is_file() and "auto_map" in _read_config(local_config):
         # transformers would build its own class from model_type and fail on the weights' shapes (SliceGPT's).
         raise EvopError(f"{name} needs code from its repository (auto_map in its config.json); "
                         "re-run with --trust-remote-code if you trust it")
@@ -484,6 +518,8 @@ def load(name: str, config: LoadConfig | None = None) -> LoadedModel:
         tokenizer = AutoTokenizer.from_pretrained(source.path, **common)
     except EvopError:
         raise
+    except SafetensorError as exc:  # a truncated or damaged download
+        raise EvopError(f"the weights of {name} are damaged ({exc}); download them again") from exc
     except (OSError, ValueError) as exc:
         if "trust_remote_code" in str(exc):
             raise EvopError(
@@ -507,7 +543,16 @@ def load(name: str, config: LoadConfig | None = None) -> LoadedModel:
         terms = {}
     for key, value in terms.items():
         setattr(source, key, value)
+    log.info("loaded %s", placement(model))
     return LoadedModel(model, tokenizer, source)
+
+
+def placement(model: torch.nn.Module) -> str:
+    """Where a loaded model went, in one line: its devices, dtype and the memory its weights take."""
+    device_map = getattr(model, "hf_device_map", None)
+    devices = sorted({str(d) for d in device_map.values()}) if device_map else [str(next(model.parameters()).device)]
+    size = sum(p.numel() * p.element_size() for p in model.parameters() if p.device.type != "meta")
+    return f"on {', '.join(devices)} ({dtype_name(model)}, {size / (1 << 30):.2f} GiB of weights)"
 
 
 def check_is_source(record: PruningRecord, model: torch.nn.Module, name: str) -> None:

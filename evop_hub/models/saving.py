@@ -10,7 +10,9 @@ locked from ``prepare_output`` to the end of ``save``.
 
 from __future__ import annotations
 
+import glob
 import json
+import logging
 import os
 import shutil
 from collections.abc import Iterator
@@ -23,6 +25,8 @@ from ..files import atomic_path, hold_output, release_output, temp_dir
 from ..hub.card import write_card
 from ..record import RECORD_NAME, STATE_DIR
 from .loading import LoadedModel
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "published.json"  # in DIR/.evop: the files the last save wrote
 # Files a checkpoint save writes whose names vary from save to save (shards, tokenizer formats, SliceGPT's code).
@@ -53,6 +57,8 @@ def prepare_output(path: str | Path, *, overwrite: bool = False, resume: bool = 
     _check_parent(path)
     took = hold_output(path)
     try:
+        if took:  # no other run is writing it: whatever a run left beside it was left by a killed one
+            _recover_leftovers(path)
         _stale_state.discard(path)
         if _vet_existing(path, overwrite=overwrite, resume=resume):
             _stale_state.add(path)
@@ -61,6 +67,21 @@ def prepare_output(path: str | Path, *, overwrite: bool = False, resume: bool = 
             release_output(path)
         raise
     return path
+
+
+def _recover_leftovers(path: Path) -> None:
+    """Undo what a run killed while saving ``path`` left beside it (see ``_write`` and ``_swap_in``): its
+    full-size temporary checkpoint goes; the previous output, renamed away by an overwrite killed before the
+    new one took its place, is put back (with its run state, so --resume finds it), or goes when the new one
+    is in place. Each step is logged: the user sees what happened to a hidden folder."""
+    prefix = f".{glob.escape(path.name)}"
+    for leftover in sorted(path.parent.glob(f"{prefix}.tmp-*")) + sorted(path.parent.glob(f"{prefix}.old-*")):
+        if leftover.name.startswith(f".{path.name}.old-") and not path.exists():
+            os.replace(leftover, path)
+            log.info("restored %s from %s, where a run killed while saving it had left it", path, leftover.name)
+        else:
+            shutil.rmtree(leftover, ignore_errors=True)
+            log.info("removed %s, left beside %s by a run killed while saving it", leftover.name, path)
 
 
 def _check_parent(path: Path) -> None:
@@ -79,7 +100,7 @@ def _check_parent(path: Path) -> None:
 def _vet_existing(path: Path, *, overwrite: bool, resume: bool) -> bool:
     """Refuse what the flags do not allow for what ``path`` holds; True when the run, an --overwrite that does
     not resume, is to discard a previous run's state."""
-    if resume and _has_run(path):
+    if resume and has_run(path):
         return False
     if resume and not overwrite:  # a mistyped --output must not quietly start hours of work from scratch
         raise EvopError(f"{path} holds no run to resume (no {STATE_DIR}/); drop --resume to start one, "
@@ -90,9 +111,9 @@ def _vet_existing(path: Path, *, overwrite: bool, resume: bool) -> bool:
         raise EvopError(f"{path} holds files evop-hub did not write; choose a new or empty --output "
                         "(--overwrite replaces only an evop-hub output)")
     if not overwrite:
-        hint = " (or --resume to continue its run)" if _has_run(path) else ""
+        hint = " (or --resume to continue its run)" if has_run(path) else ""
         raise EvopError(f"output directory {path} already exists; pass --overwrite to replace it{hint}")
-    return _has_run(path)
+    return has_run(path)
 
 
 def _discard_stale_state(output: Path) -> None:
@@ -107,7 +128,7 @@ def _discard_stale_state(output: Path) -> None:
             shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
 
 
-def _has_run(path: Path) -> bool:
+def has_run(path: Path) -> bool:
     """Whether ``DIR/.evop`` holds a run's state (not only the last save's file list)."""
     state = path / STATE_DIR
     return state.is_dir() and any(entry.name != MANIFEST for entry in state.iterdir())
@@ -209,12 +230,12 @@ def _carried(old: Path, new: Path) -> list[str]:
     one wrote (the user's own files: notes, a clone's .git). The previous save's files are listed in its run
     state; without that list (a clone or download of a pushed model) they are the CHECKPOINT_FILES there."""
     written = {p.name for p in new.iterdir()}
-    previous = _previous_save(old)
+    previous = previous_save(old)
     return sorted(p.name for p in old.iterdir()
                   if p.name == STATE_DIR or (p.name not in written and p.name not in previous))
 
 
-def _previous_save(output: Path) -> set[str]:
+def previous_save(output: Path) -> set[str]:
     """The files the last save wrote into ``output``: its manifest, or those named like CHECKPOINT_FILES."""
     try:
         return set(json.loads((output / STATE_DIR / MANIFEST).read_text()))

@@ -16,6 +16,8 @@ from ..errors import EvopError
 from .adapters import INDEX_ATTRIBUTES, block_path, check_prunable, cut_config
 from .loading import LoadedModel, count_parameters
 
+MAX_BLOCK_INDEX = 100_000  # far beyond any model's blocks; validate_drop checks against the model's own count
+
 
 def parse_layers(text: str) -> list[int]:
     """``"3,4,25"`` or ``"3-5,25"`` -> block indices (original numbering)."""
@@ -29,6 +31,8 @@ def parse_layers(text: str) -> list[int]:
         start, end = int(match[1]), int(match[2] or match[1])
         if end < start:
             raise EvopError(f"block range {part!r} runs backwards; write {end}-{start}")
+        if end > MAX_BLOCK_INDEX:  # refused before a range of billions of indices fills the memory
+            raise EvopError(f"block index {end} is out of range: no model has that many blocks")
         layers.extend(range(start, end + 1))
     if not layers:
         raise EvopError("no blocks given; use --layers 3,4,25")

@@ -42,12 +42,11 @@ from ..files import atomic_path
 from ..models import count_parameters, find_blocks, input_device
 from ..progress import bar
 from ..search import METHODS, PAPER_SEARCH, SearchConfig, num_drop
+from .layout import CELLS_DIR, FIG1A, FIG1C, FORMAT, REPORT, RESULTS, VERSION, cluster_sparsity, own_sampler
+from .tables import write_report
 
 log = logging.getLogger(__name__)
 
-FORMAT, VERSION = "evop-hub-compare", 1
-CELLS_DIR, RESULTS, REPORT = "cells", "results.json", "report.md"
-FIG1A, FIG1C = "fig1a_calibration_loss.png", "fig1c_cluster_perplexity.png"
 OWNED = (CELLS_DIR, RESULTS, REPORT, FIG1A, FIG1C)  # what --overwrite may delete in REPORT_DIR, nothing else
 PAPER_TASKS = ("arc_easy", "arc_challenge", "hellaswag", "piqa", "winogrande")  # as evaluate.tasks, without importing lm-eval
 
@@ -184,17 +183,6 @@ class CompareConfig:
                      "data_dir", "cache_gib"):
             data.pop(name)
         return hashlib.sha256(json.dumps([model, data], sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-# Two rules the run and the report (which reads results.json alone) must share.
-def own_sampler(method: str, baseline_sampler: str) -> str:
-    """How a method's main cells are calibrated: EvoP with CCDS, every other method with ``baseline_sampler``."""
-    return "ccds" if method == "evop" else baseline_sampler
-
-
-def cluster_sparsity(fig1c_sparsity: float | None, sparsities: list[float]) -> float:
-    """Fig. 1c's sparsity: ``fig1c_sparsity``, else the largest of ``sparsities``."""
-    return fig1c_sparsity if fig1c_sparsity is not None else max(sparsities)
 
 
 def _fits(value: Any, hint: Any) -> bool:
@@ -531,8 +519,6 @@ def compare(model: Any, config: CompareConfig, output: str | Path, *, resume: bo
         "heldout_windows": heldout, "cells": cells,
     }
     _write_json(out / RESULTS, results)
-    from .tables import write_report
-
     write_report(out, results)
     return results
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..errors import EvopError
 from ..files import atomic_path
-from . import compare as _compare
+from . import layout
 from .plots import bars_plot, lines_plot
 
 ABLATIONS = (("EvoP (CCDS + EPPS)", "evop", "ccds"), ("w/o CCDS (random samples)", "evop", "random"),
@@ -48,7 +48,7 @@ class Cells:
         self.dense = next((c for c in results["cells"] if c["method"] == "dense"), None)
 
     def own_sampler(self, method: str) -> str:
-        return _compare.own_sampler(method, self.config["baseline_sampler"])
+        return layout.own_sampler(method, self.config["baseline_sampler"])
 
     def get(self, method: str, sampler: str, sparsity: float, cluster: int | None = None) -> list[dict[str, Any]]:
         return self.groups.get((method, sampler, sparsity, cluster), [])
@@ -212,7 +212,7 @@ def _fig1a(cells: Cells, blocks: int) -> list[str]:
     lines = ["", "## Figure 1a: calibration loss against sparsity", ""]
     if not c["fig1a"]:
         return lines + ["Not run (`fig1a = false`)."]
-    lines += [f"![calibration loss against sparsity]({_compare.FIG1A})", "",
+    lines += [f"![calibration loss against sparsity]({layout.FIG1A})", "",
               "Mean NLL on the CCDS calibration set (the same set for the three searches at each seed); dense: "
               + fmt([g["dense_calibration_loss"] for g in cells.get("evop", "ccds", c["sparsities"][0])], 4) + ".", ""]
     rows = []
@@ -230,7 +230,7 @@ def _fig1a(cells: Cells, blocks: int) -> list[str]:
 
 def fig1c_series(cells: Cells, spec: str) -> tuple[list[str], dict[str, list[tuple[float, float]]]]:
     c = cells.config
-    s = _compare.cluster_sparsity(c["fig1c_sparsity"], c["sparsities"])
+    s = layout.cluster_sparsity(c["fig1c_sparsity"], c["sparsities"])
     groups = [f"C{j}" for j in range(c["samples"])] + ["all (CCDS)"]
     series = {}
     for method in c["fig1c_methods"]:
@@ -247,8 +247,8 @@ def _fig1c(cells: Cells) -> list[str]:
     lines = ["", "## Figure 1c: calibrating on a single cluster", ""]
     if not c["fig1c"]:
         return lines + ["Not run (`fig1c = false`)."]
-    s = _compare.cluster_sparsity(c["fig1c_sparsity"], c["sparsities"])
-    lines += [f"![perplexity when calibrating on each cluster]({_compare.FIG1C})", "",
+    s = layout.cluster_sparsity(c["fig1c_sparsity"], c["sparsities"])
+    lines += [f"![perplexity when calibrating on each cluster]({layout.FIG1C})", "",
               f"Sparsity {s:g}. C_j: all {c['samples']} calibration samples drawn from CCDS cluster j of "
               f"{c['calibration']}; all (CCDS): one sample per cluster (present when {s:g} is among the sparsities and "
               f"the method ran on CCDS there). The plot shows {c['eval'][0]}.", ""]
@@ -273,7 +273,7 @@ def _cell_list(results: dict[str, Any]) -> list[str]:
 
 def render(results: dict[str, Any]) -> str:
     """report.md from a results dict (results.json)."""
-    if results.get("format") != _compare.FORMAT:
+    if results.get("format") != layout.FORMAT:
         raise EvopError("not an evop-hub compare results.json; run `evop-hub compare` first")
     cells = Cells(results)
     head = [f"# evop-hub compare: {results['model']}", ""]
@@ -298,22 +298,22 @@ def write_report(out: str | Path, results: dict[str, Any]) -> Path:
     """Write report.md and the PNGs of ``results`` into ``out``."""
     out = Path(out)
     cells = Cells(results)
-    with atomic_path(out / _compare.REPORT) as tmp:
+    with atomic_path(out / layout.REPORT) as tmp:
         tmp.write_text(render(results))
     if results["config"]["fig1a"]:
         lines_plot(fig1a_series(cells), "sparsity", "calibration loss (mean NLL)",
-                   f"{results['model']}: calibration loss", out / _compare.FIG1A)
+                   f"{results['model']}: calibration loss", out / layout.FIG1A)
     if results["config"]["fig1c"]:
         spec = results["config"]["eval"][0]
         groups, series = fig1c_series(cells, spec)
         bars_plot(groups, series, f"perplexity on {spec}", f"{results['model']}: calibrating on one cluster",
-                  out / _compare.FIG1C)
-    return out / _compare.REPORT
+                  out / layout.FIG1C)
+    return out / layout.REPORT
 
 
 def regenerate(out: str | Path) -> Path:
     """Rewrite report.md and the figures of REPORT_DIR from its results.json (no model, no computation)."""
-    path = Path(out).expanduser() / _compare.RESULTS
+    path = Path(out).expanduser() / layout.RESULTS
     if not path.is_file():
         raise EvopError(f"{path} not found; run `evop-hub compare MODEL --output {out}` first")
     try:

@@ -115,6 +115,25 @@ def _fingerprint(evaluator: Evaluator, k: int, config: SearchConfig) -> str:
     return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:16]
 
 
+def _restore(state_path: Path, evaluator: Evaluator, fingerprint: str) -> dict[str, Any]:
+    """The checkpoint to resume from, its evaluations restored into ``evaluator``; a damaged file (a disk
+    error, an edit) is one line saying how to start over, not a traceback."""
+    try:
+        saved = json.loads(state_path.read_text())
+        if saved.get("fingerprint") != fingerprint:
+            raise EvopError(
+                "the saved search used another model, calibration set or settings; "
+                "re-run with the same options, or --overwrite to start over"
+            )
+        for mask, loss_sum, tokens, batches, complete in saved["memo"]:
+            evaluator.memo[as_mask(mask)] = Fitness(as_mask(mask), loss_sum, tokens, batches, complete)
+        evaluator.stats = EvaluatorStats(**saved["stats"])
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise EvopError(f"{state_path} is damaged ({type(exc).__name__}: {exc}); "
+                        "pass --overwrite to start the search over") from None
+    return saved
+
+
 def run_search(
     evaluator: Evaluator,
     k: int,
@@ -135,26 +154,20 @@ def run_search(
     if state_path and state_path.is_file():
         if not resume:
             raise EvopError(f"{state_path.parent} holds an earlier search; pass --resume to continue it or --overwrite")
-        saved = json.loads(state_path.read_text())
-        if saved.get("fingerprint") != fingerprint:
-            raise EvopError(
-                "the saved search used another model, calibration set or settings; "
-                "re-run with the same options, or --overwrite to start over"
-            )
-        for mask, loss_sum, tokens, batches, complete in saved["memo"]:
-            evaluator.memo[as_mask(mask)] = Fitness(as_mask(mask), loss_sum, tokens, batches, complete)
-        evaluator.stats = EvaluatorStats(**saved["stats"])
+        saved = _restore(state_path, evaluator, fingerprint)
     trace: list[dict[str, Any]] = saved.get("trace", [])
     elapsed = saved.get("seconds", 0.0)
     started = time.perf_counter()
     # An enumeration (exhaustive, random) reports patterns done "of" all: its bar counts patterns, with an ETA.
     # The other methods' bars count steps, whose number the method decides as it goes.
     last = trace[-1] if trace else {}
-    progress_bar = bar(desc=f"{config.method} k={k} {config.fitness}" + (f" staged {config.stages}" if config.stages else ""), unit="pattern" if "of" in last else "step", total=last.get("of"),
+    desc = f"{config.method} k={k} {config.fitness}" + (f" staged {config.stages}" if config.stages else "")
+    progress_bar = bar(desc=desc, unit="pattern" if "of" in last else "step", total=last.get("of"),
                        initial=last["step"] if "of" in last else len(trace), disable=not progress)
 
     def report(row: dict[str, Any]) -> None:
-        row = {**row, **evaluator.stats.as_dict(), "seconds": round(elapsed + time.perf_counter() - started, 3)}
+        row = {**row, **evaluator.stats.as_dict(), "fitness": config.fitness, "stages": config.stages,
+               "seconds": round(elapsed + time.perf_counter() - started, 3)}
         trace.append(row)
         if "of" in row:
             progress_bar.total, progress_bar.unit = row["of"], "pattern"

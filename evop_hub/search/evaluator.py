@@ -309,14 +309,32 @@ class SerialEvaluator(Evaluator):
                 values += self._batch_nlls(list(keeps[start : start + per_walk]), b)
             for fit, value in zip(alive, values):
                 if not math.isfinite(value):
-                    raise EvopError(
-                        f"dropping blocks {list(fit.mask)} gives a non-finite loss ({value}); "
-                        "the model overflows in this dtype: try --dtype float32 or bfloat16"
-                    )
+                    raise EvopError(self._non_finite(fit.mask, value, b))
                 fit.loss_sum += value
                 fit.tokens += self.batches[b].shape[0] * (self.batches[b].shape[1] - 1)
                 fit.batches += 1
                 fit.complete = fit.batches == len(self.batches)
+
+    @torch.no_grad()
+    def _non_finite(self, mask: Mask, value: float, b: int) -> str:
+        """Why a loss on batch ``b`` is not finite, naming the cause: the dense pass is checked first, block by
+        block, since a block that overflows (or NaN/inf weights) spoils every pattern that keeps it. A wider
+        dtype is suggested only where there is one."""
+        ctx = self._context(b)
+        state, where = ctx.hidden, "the embeddings"
+        for i in range(-1, self.num_blocks):
+            if i >= 0:
+                state, where = self.runner.block(i, state, ctx), f"block {i}"
+            if not torch.isfinite(state).all():
+                break
+        else:
+            where = "the final norm or output head" if not math.isfinite(self._nlls([state], b)[0]) else None
+        dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
+        hint = (f"it overflows in {dtype}: try --dtype float32" if dtype != "float32"
+                else "its weights hold NaN or inf, or overflow even in float32: check the checkpoint")
+        if where is None:
+            return f"dropping blocks {list(mask)} gives a non-finite loss ({value}) where the dense model's is finite; {hint}"
+        return f"{where} of the dense model gives non-finite values (calibration batch {b}); {hint}"
 
     @torch.no_grad()
     def layer_cosines(self, distance: int) -> list[float]:

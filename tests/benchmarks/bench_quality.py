@@ -133,7 +133,9 @@ def search(evaluator: SerialEvaluator, k: int, config: SearchConfig, heldout: He
 
 def load_model(name: str, protocol: Protocol):
     """The model as the protocol measures it: its dtype and device, only its first ``blocks`` blocks."""
-    loaded = evop_hub.load(name, LoadConfig(dtype=protocol.dtype))
+    # on a GPU the device is named: evop-hub's own default there is accelerate's "auto" map
+    device_map = None if protocol.device == "cpu" else protocol.device
+    loaded = evop_hub.load(name, LoadConfig(dtype=protocol.dtype, device_map=device_map))
     loaded.model.to(protocol.device)
     total = loaded.record.num_blocks
     if protocol.blocks is not None and protocol.blocks < total:

@@ -68,6 +68,10 @@ Device calls, each right after the one before:
       carry [".gpudata"]; call 5's pip install and export lines, then
       python3 tests/benchmarks/bench_head.py --model gemma3-270m --device cuda --dtype bfloat16 --windows 24 \
         --seq-len 2048 --out $OUT/bench_head_gemma3
+ Issue 26's robustness tier on SmolLM2: gpu_robust.sh (three calls; run 2026-12-04, bench_robust_gpu.md).
+ Issue 23's end-to-end run (not run yet): the checkout alone, but the default prune calibrates on the mixture, whose
+ embedder and corpora travel in gpu_robust.sh's .gpu3 (call its `receive .gpu3` first, then, with its `run` exports):
+      python3 tests/benchmarks/bench_e2e.py --shape llama-2-13b --out $OUT/bench_e2e_13b
  The 13B-shape search benchmark needs only the checkout (measured 2026-11-23, see bench_search.md):
       python3 tests/benchmarks/bench_search.py --model llama-2-13b-shape --device cuda --samples 5 --seq-len 2048
 TXT

@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -267,14 +268,34 @@ def test_nothing_outside_the_output_dir_is_uploaded(make_output, tmp_path):
     from evop_hub.hub.push import upload_files
 
     out = make_output()
+    written = sorted(p.name for p in out.iterdir() if p.is_file() and p.name != "README.md")
     (out / "model.safetensors.tmp").write_bytes(b"partial")
-    listed = upload_files(out)
-    assert listed == sorted(p.relative_to(out).as_posix() for p in out.iterdir() if p.is_file() and p.suffix != ".tmp" and p.name != "README.md")
+    assert upload_files(out) == (written, ["model.safetensors.tmp"])
     secret = tmp_path / "secret.txt"
     secret.write_text("not part of the model")
-    (out / "notes.txt").symlink_to(secret)
+    (out / "config.json").unlink()
+    (out / "config.json").symlink_to(secret)
     with pytest.raises(EvopError, match="links outside the output directory"):
         upload_files(out)
+
+
+@pytest.mark.parametrize("manifest", [True, False], ids=["saved-here", "a-clone-without-.evop"])
+def test_push_uploads_only_what_evop_hub_wrote(manifest, make_output, hub_client, tmp_path):
+    """21.5: a user's .env, notes and a clone's .git stay local, and one line names what was left out; a clone
+    (no .evop, so no list of the last save's files) is judged by the names of a checkpoint's files."""
+    out = make_output(hub_base=BASE)
+    written = {p.name for p in out.iterdir() if p.is_file()}
+    if not manifest:
+        shutil.rmtree(out / ".evop")
+    (out / ".env").write_text("HF_TOKEN=hf_private\n")
+    (out / "NOTES.md").write_text("my notes\n")
+    (out / ".git").mkdir()
+    (out / ".git" / "config").write_text("[core]\n")
+    result = run_cli(["push", str(out), "--repo-id", f"{USER}/only-ours", "--no-space"], tmp_path, hub_client.url)
+    assert result.returncode == 0, result.stderr
+    pushed = set(hub_client.files(f"{USER}/only-ours")) - {".gitattributes", "LICENSE.txt", "USE_POLICY.md"}
+    assert pushed == written
+    assert "not uploaded (evop-hub did not write them): .env, .git/, NOTES.md" in result.stderr.splitlines()
 
 
 def test_check_push_fails_before_any_work(hub_client, monkeypatch):

@@ -293,3 +293,25 @@ def test_info_counts_every_block_of_a_mixed_moe_model():
     facts = describe(LoadedModel(model, None, SourceInfo(name="tiny", path="tiny")))
     assert facts["parameters_per_block"] == sum(sizes) // 4
     assert facts["blocks_share_of_parameters"] == round(sum(sizes) // 4 * 4 / facts["parameters"], 4)
+
+
+@pytest.mark.parametrize("device_map, accelerator, wanted", [
+    (None, True, "auto"),  # a GPU machine loads onto its GPUs without being told
+    (None, False, None),  # a CPU machine loads as from_pretrained does by default
+    ("cpu", True, "cpu"),  # --device-map cpu keeps the model on the CPU on a GPU machine
+    ("balanced", False, "balanced"),
+])
+def test_the_default_device_map_follows_the_machine(device_map, accelerator, wanted):
+    from evop_hub.models.loading import _pretrained_kwargs
+
+    kwargs = _pretrained_kwargs(LoadConfig(device_map=device_map), accelerator=accelerator)
+    assert kwargs.get("device_map") == wanted
+
+
+def test_loading_says_where_the_model_went(llama_dir, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="evop_hub"):
+        loaded = evop_hub.load(str(llama_dir), LoadConfig(dtype="float32"))
+    size = sum(p.numel() * 4 for p in loaded.model.parameters()) / (1 << 30)
+    assert f"loaded on cpu (float32, {size:.2f} GiB of weights)" in caplog.text

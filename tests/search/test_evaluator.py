@@ -172,14 +172,19 @@ def test_layer_cosines_match_hidden_states():
         assert cos[i] == pytest.approx(float(expected), rel=1e-5)
 
 
-def test_non_finite_loss_names_the_mask():
+def test_non_finite_loss_names_the_dense_block_and_no_wider_dtype_for_float32():
+    """21.11: the block that produces inf/NaN in the dense pass is named, not the first pattern that kept it; a
+    float32 model is not told to try --dtype float32."""
     model = build("llama")
     with torch.no_grad():
         model.model.layers[2].mlp.down_proj.weight.fill_(float("inf"))
     evaluator = SerialEvaluator(model, calibration(model), batch_size=4)
     assert evaluator.loss((2,)) > 0
-    with pytest.raises(EvopError, match=r"dropping blocks \[1\] gives a non-finite loss"):
+    with pytest.raises(EvopError, match=r"^block 2 of the dense model gives non-finite values") as error:
         evaluator.loss((1,))
+    assert "--dtype" not in str(error.value) and "float32" in str(error.value)
+    with pytest.raises(EvopError, match="overflows in bfloat16: try --dtype float32"):
+        SerialEvaluator(model.to(torch.bfloat16), calibration(model), batch_size=4).loss((1,))
 
 
 @pytest.mark.parametrize(

@@ -129,6 +129,8 @@ def test_staged_kl_search_resumes_to_the_same_answer(tmp_path):
     ids = calibration(model, n=4, seq=16)
     config = SearchConfig(population=8, generations=4, patience=2, stages="4@6")
     whole = run_search(evaluator_for(model, ids, config), 3, config, progress=False)
+    assert {(row["fitness"], row["stages"]) for row in whole.trace} == {("kl", "4@6")}  # said in every trace row
+    assert whole.summary()["config"]["fitness"] == "kl"  # and in the record (evop_pruning.json's search)
     with pytest.raises(KeyboardInterrupt):
         interrupted = evaluator_for(model, ids, config)
         calls = 0
