@@ -104,6 +104,7 @@ def _calibration(loaded: LoadedModel, config: PruneConfig, run_dir: Path | None)
     saved = run_dir / CALIBRATION_FILE if run_dir else None
     if config.calibration_file:
         calibration = CalibrationSet.load(config.calibration_file, loaded.tokenizer)
+        calibration.check_vocab(loaded.model.get_input_embeddings().num_embeddings, config.calibration_file)
         _check_context(loaded, calibration.input_ids.shape[1])
         return calibration
     _check_context(loaded, config.calibration.seq_len)

@@ -193,8 +193,8 @@ REFUSED: dict[str, tuple[Callable[[Scene], list], str]] = {
                           "no model has that many blocks"),
     "calibration-bad-metadata": (_with_calibration(metadata="{not json"), "damaged calibration metadata"),
     "calibration-float-ids": (_with_calibration(torch.rand(4, 16) * 10), "not integers"),
-    "calibration-negative-ids": (_with_calibration(torch.full((4, 16), -3)), "from -3 to -3"),
-    "calibration-out-of-range-ids": (_with_calibration(torch.full((4, 16), 1000)), "outside the tokenizer's 0..21"),
+    "calibration-negative-ids": (_with_calibration(torch.full((4, 16), -3)), "from -3 to -3; ids are 0 or more"),
+    "calibration-out-of-range-ids": (_with_calibration(torch.full((4, 16), 1000)), "embeds only ids 0..31"),
     "calibration-1d-ids": (_with_calibration(torch.arange(2, 18)), "have shape [16]"),
     "calibration-empty-ids": (_with_calibration(torch.zeros((0, 16), dtype=torch.int64)), "have shape [0, 16]"),
     # issue 21.9: an output path that cannot be written is refused before the work, not after it

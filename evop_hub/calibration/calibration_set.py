@@ -54,17 +54,15 @@ def _metadata(path: Path, raw: str) -> dict[str, Any]:
     return metadata
 
 
-def _ids_problem(ids: torch.Tensor, vocab: int | None) -> str | None:
+def _ids_problem(ids: torch.Tensor) -> str | None:
     """What makes ``ids`` unusable as calibration samples (a damaged or hand-made file), or None. Checked on
-    load: such ids would otherwise fail deep inside the model, or index past its embeddings."""
+    load: such ids would otherwise fail deep inside the model (``check_vocab`` adds the model's own bound)."""
     if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
         return f"its token ids are {ids.dtype}, not integers"
     if ids.dim() != 2 or ids.shape[0] == 0 or ids.shape[1] < 2:
         return f"its input_ids have shape {list(ids.shape)}, not [samples, tokens] with 2 or more tokens"
-    low, high = int(ids.min()), int(ids.max())
-    if low < 0 or (vocab is not None and high >= vocab):
-        limit = f"0..{vocab - 1}" if vocab is not None else "0 or more"
-        return f"its token ids run from {low} to {high}, outside the tokenizer's {limit}"
+    if int(ids.min()) < 0:
+        return f"its token ids run from {int(ids.min())} to {int(ids.max())}; ids are 0 or more"
     return None
 
 
@@ -103,7 +101,7 @@ class CalibrationSet:
         calibration = cls(tensors.pop("input_ids"), metadata, tensors)
         if tokenizer is not None:
             calibration.check_tokenizer(tokenizer, where=str(path))
-        problem = _ids_problem(calibration.input_ids, len(tokenizer) if tokenizer is not None else None)
+        problem = _ids_problem(calibration.input_ids)
         if problem:
             raise EvopError(f"{path} is not a usable calibration set: {problem}; make one with `evop-hub calibrate`")
         calibration.input_ids = calibration.input_ids.long()
@@ -117,6 +115,13 @@ class CalibrationSet:
                 f"not with this model's {getattr(tokenizer, 'name_or_path', '?')!r} ({actual}); "
                 f"run `evop-hub calibrate` again with this model"
             )
+
+    def check_vocab(self, vocab_size: int, where: str = "the calibration set") -> None:
+        """Refuse ids the model cannot embed (a hand-edited file): they would fail deep inside its first layer."""
+        high = int(self.input_ids.max())
+        if high >= vocab_size:
+            raise EvopError(f"{where} holds token id {high}, but the model embeds only ids 0..{vocab_size - 1}; "
+                            "make one with `evop-hub calibrate` for this model")
 
     def summary(self) -> dict[str, Any]:
         """What the model card and ``evop_pruning.json`` keep: provenance, cluster sizes, snippets, top terms."""

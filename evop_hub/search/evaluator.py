@@ -505,9 +505,8 @@ class StagedEvaluator(Evaluator):
         ids = base.input_ids
         evaluators = []
         for keep, tokens in stages:
-            if tokens >= ids.shape[1]:
-                raise EvopError(f"a stage of {tokens} tokens is not shorter than the {ids.shape[1]}-token calibration "
-                                "samples; use shorter stages or longer --seq-len")
+            if tokens >= ids.shape[1]:  # short samples (a CPU run): such a stage would save nothing, so it is left out
+                continue
             batch = max(1, min(ids.shape[0], base.group_tokens // tokens))
             evaluators.append((keep, SerialEvaluator(base.model, ids[:, :tokens], batch_size=batch,
                                                      cache_bytes=base.cache_bytes, fitness=base.fitness)))

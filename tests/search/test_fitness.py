@@ -112,10 +112,10 @@ def test_bad_stages_are_refused_in_one_line(text, error):
         parse_stages(text)
 
 
-def test_stages_must_be_shorter_than_the_samples():
+def test_stages_not_shorter_than_the_samples_are_left_out():
     model = build("llama", layers=4)
-    with pytest.raises(EvopError, match="not shorter"):
-        evaluator_for(model, calibration(model, seq=12), SearchConfig(stages="4@12"))
+    evaluator = evaluator_for(model, calibration(model, seq=12), SearchConfig(stages="4@6,2@12"))
+    assert [stage.input_ids.shape[1] for _, stage in evaluator.stages] == [6]
 
 
 def test_unknown_fitness_is_refused():
