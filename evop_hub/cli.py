@@ -10,9 +10,10 @@ import errno
 import json
 import logging
 import shlex
+import signal
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -60,21 +61,39 @@ def command_line() -> str:
 
 
 # ---------------------------------------------------------------- shared options
-ModelArg = Annotated[str, typer.Argument(help="Hub id, local directory, .gguf file, or `smollm2-135m` (offline default) / `gemma3-270m`.")]
-RevisionOpt = Annotated[Optional[str], typer.Option("--revision", help="Hub branch, tag or commit.")]
+ModelArg = Annotated[
+    str,
+    typer.Argument(help="Hub id, local directory, .gguf file, or `smollm2-135m` (offline default) / `gemma3-270m`."),
+]
+RevisionOpt = Annotated[str | None, typer.Option("--revision", help="Hub branch, tag or commit.")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto|bfloat16|float16|float32")]
 DeviceMapOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option("--device-map", help="auto|balanced|balanced_low_0|sequential, a device (cpu, cuda:0) or a JSON map."),
 ]
 MaxMemoryOpt = Annotated[
-    Optional[str], typer.Option("--max-memory", help='Per-device caps, e.g. \'{"0": "20GiB", "cpu": "60GiB"}\' or "0=20GiB,cpu=60GiB".')
+    str | None,
+    typer.Option(
+        "--max-memory", help='Per-device caps, e.g. \'{"0": "20GiB", "cpu": "60GiB"}\' or "0=20GiB,cpu=60GiB".'
+    ),
 ]
-OffloadOpt = Annotated[Optional[Path], typer.Option("--offload-folder", help="Folder for weights offloaded to disk.")]
+OffloadOpt = Annotated[Path | None, typer.Option("--offload-folder", help="Folder for weights offloaded to disk.")]
 TrustOpt = Annotated[bool, typer.Option("--trust-remote-code", help="Allow code from the model repository to run.")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output directory.")]
-CompensateOpt = Annotated[str, typer.Option("--compensate", help="none, or linear: fold a least-squares map per run of removed blocks into the MLP of the block before it (ReplaceMe), fitted on the calibration set.")]
-CompensateRidgeOpt = Annotated[float, typer.Option("--compensate-ridge", help="--compensate linear: ridge toward the identity map, relative to the mean eigenvalue of the MLP outputs' Gram matrix (0: plain least squares).")]
+CompensateOpt = Annotated[
+    str,
+    typer.Option(
+        "--compensate",
+        help="none, or linear: fold a least-squares map per run of removed blocks into the MLP of the block before it (ReplaceMe), fitted on the calibration set.",
+    ),
+]
+CompensateRidgeOpt = Annotated[
+    float,
+    typer.Option(
+        "--compensate-ridge",
+        help="--compensate linear: ridge toward the identity map, relative to the mean eigenvalue of the MLP outputs' Gram matrix (0: plain least squares).",
+    ),
+]
 
 
 def _load_config(revision, dtype, device_map, max_memory, offload_folder, trust_remote_code):
@@ -144,17 +163,22 @@ def drop(
     overwrite: OverwriteOpt = False,
     compensate: CompensateOpt = "none",
     compensate_ridge: CompensateRidgeOpt = 1e-2,
-    calibration: Annotated[Optional[Path], typer.Option("--calibration", help="--compensate linear: a file from `evop-hub calibrate` to fit the maps on.")] = None,
+    calibration: Annotated[
+        Path | None,
+        typer.Option("--calibration", help="--compensate linear: a file from `evop-hub calibrate` to fit the maps on."),
+    ] = None,
 ) -> None:
     """Remove known blocks and save a smaller, standard checkpoint."""
     from .calibration import CalibrationSet
+    from .compensation import calibration_info, check_method, check_ridge, compensated_drop
     from .models import drop as drop_blocks
     from .models import parse_layers, prepare_output, save
-    from .models.compensation import calibration_info, check_method, check_ridge, compensated_drop
 
     dropped = parse_layers(layers)  # a typo fails now, not after loading a big model
     if check_method(compensate) != "none" and calibration is None:
-        raise EvopError("--compensate linear fits its maps on calibration text: give --calibration FILE (from `evop-hub calibrate`)")
+        raise EvopError(
+            "--compensate linear fits its maps on calibration text: give --calibration FILE (from `evop-hub calibrate`)"
+        )
     if compensate == "none" and calibration is not None:
         raise EvopError("--calibration is used only by --compensate linear; drop it or add --compensate linear")
     check_ridge(compensate_ridge)
@@ -169,18 +193,24 @@ def drop(
     path = save(loaded, target, command=command_line(), overwrite=True)
     if loaded.record.compensation:
         nll, kl = loaded.record.compensation["calibration_nll"], loaded.record.compensation["calibration_kl"]
-        typer.echo(f"compensated: calibration NLL {nll['pruned']:.4f} -> {nll['compensated']:.4f} (all blocks: {nll['dense']:.4f}), "
-                   f"KL to all blocks {kl['pruned']:.4f} -> {kl['compensated']:.4f}")
+        typer.echo(
+            f"compensated: calibration NLL {nll['pruned']:.4f} -> {nll['compensated']:.4f} (all blocks: {nll['dense']:.4f}), "
+            f"KL to all blocks {kl['pruned']:.4f} -> {kl['compensated']:.4f}"
+        )
     typer.echo(f"saved {loaded.record.num_blocks - len(dropped)}-block model to {path}")
 
 
 # ---------------------------------------------------------------- evaluation (evop_hub.evaluate)
 CorpusOpt = Annotated[
     str,
-    typer.Option("--corpus", help="Comma-separated NAME[:SPLIT] (wikitext2, c4, wiki-leads, pydoc, shakespeare) or .txt/.jsonl paths."),
+    typer.Option(
+        "--corpus",
+        help="Comma-separated NAME[:SPLIT] (wikitext2, c4, wiki-leads, pydoc, shakespeare) or .txt/.jsonl paths.",
+    ),
 ]
 DataDirOpt = Annotated[
-    Optional[Path], typer.Option("--data-dir", help="Folder with local copies of Hub corpora (else $EVOP_DATA_DIR, else the Hub).")
+    Path | None,
+    typer.Option("--data-dir", help="Folder with local copies of Hub corpora (else $EVOP_DATA_DIR, else the Hub)."),
 ]
 
 
@@ -188,9 +218,13 @@ DataDirOpt = Annotated[
 def ppl(
     model: ModelArg,
     corpus: CorpusOpt = "wikitext2:test",
-    seq_len: Annotated[str, typer.Option("--seq-len", help="Tokens per window (capped at the model's context), or `max`.")] = "2048",
+    seq_len: Annotated[
+        str, typer.Option("--seq-len", help="Tokens per window (capped at the model's context), or `max`.")
+    ] = "2048",
     batch_size: Annotated[int, typer.Option("--batch-size", help="Windows per forward pass.")] = 1,
-    max_windows: Annotated[Optional[int], typer.Option("--max-windows", help="Score only the first N windows (quick looks).")] = None,
+    max_windows: Annotated[
+        int | None, typer.Option("--max-windows", help="Score only the first N windows (quick looks).")
+    ] = None,
     data_dir: DataDirOpt = None,
     revision: RevisionOpt = None,
     dtype: DtypeOpt = "auto",
@@ -199,7 +233,13 @@ def ppl(
     offload_folder: OffloadOpt = None,
     trust_remote_code: TrustOpt = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    dense: Annotated[bool, typer.Option("--dense", help="For an evop-hub output: score its source model too, so the card shows dense against pruned.")] = False,
+    dense: Annotated[
+        bool,
+        typer.Option(
+            "--dense",
+            help="For an evop-hub output: score its source model too, so the card shows dense against pruned.",
+        ),
+    ] = False,
 ) -> None:
     """Perplexity on corpora: non-overlapping windows, token-weighted mean NLL; recorded in DIR's evop_pruning.json."""
     from .data import load_corpus
@@ -215,7 +255,7 @@ def ppl(
     if dense and not recorded:
         raise EvopError(f"--dense scores the source named in an evop-hub output's record; {model} has none")
 
-    def score(name: str, revision: Optional[str], dtype: str, source_of: Optional[PruningRecord] = None) -> list:
+    def score(name: str, revision: str | None, dtype: str, source_of: PruningRecord | None = None) -> list:
         loaded = _load(name, revision, dtype, device_map, max_memory, offload_folder, trust_remote_code)
         if source_of is not None:
             check_is_source(source_of, loaded.model, name)
@@ -225,7 +265,9 @@ def ppl(
     source = PruningRecord.load(model) if dense else None
     # The source at the pruned model's dtype: with "auto" each would get its own checkpoint's, and the change
     # the card shows would mix pruning with precision.
-    dense_results = score(source.source_spec(model), source.source_revision, results[0].dtype, source) if source else None
+    dense_results = (
+        score(source.source_spec(model), source.source_revision, results[0].dtype, source) if source else None
+    )
     if recorded and max_windows is None:  # a quick look on part of a corpus is never published as the model's number
         record_perplexity(model, results, dense_results)
     if as_json:
@@ -234,8 +276,14 @@ def ppl(
             payload |= {"dense_model": source.source_model, "dense_results": [r.to_dict() for r in dense_results]}
         typer.echo(json.dumps(payload, indent=2))
     else:
-        rows = [{**{k: v for k, v in r.to_dict().items() if k not in ("nll", "ppl")}, "nll": f"{r.nll:.4f}",
-                 "ppl": f"{r.ppl:.3f}"} for r in results]
+        rows = [
+            {
+                **{k: v for k, v in r.to_dict().items() if k not in ("nll", "ppl")},
+                "nll": f"{r.nll:.4f}",
+                "ppl": f"{r.ppl:.3f}",
+            }
+            for r in results
+        ]
         if dense_results:
             rows = [{**row, "dense_ppl": f"{d.ppl:.3f}"} for row, d in zip(rows, dense_results)]
         widths = {key: max(len(key), *(len(str(row[key])) for row in rows)) for key in rows[0]}
@@ -259,14 +307,23 @@ def _recorded_note(directory: str, key: str) -> None:
 def tasks(
     model: ModelArg,
     task_names: Annotated[
-        Optional[str], typer.Option("--tasks", help="Comma-separated lm-eval task names (default: the paper's arc_easy, arc_challenge, hellaswag, piqa, winogrande).")
+        str | None,
+        typer.Option(
+            "--tasks",
+            help="Comma-separated lm-eval task names (default: the paper's arc_easy, arc_challenge, hellaswag, piqa, winogrande).",
+        ),
     ] = None,
     num_fewshot: Annotated[
-        int, typer.Option("--num-fewshot", help="Examples in each prompt (the paper's tables are 0-shot; EvoP's code used 3).")
+        int,
+        typer.Option(
+            "--num-fewshot", help="Examples in each prompt (the paper's tables are 0-shot; EvoP's code used 3)."
+        ),
     ] = 0,
-    limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N examples per task (quick looks).")] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", help="Only the first N examples per task (quick looks).")
+    ] = None,
     include_path: Annotated[
-        Optional[Path], typer.Option("--include-path", help="Folder of extra task YAMLs, e.g. with local data files.")
+        Path | None, typer.Option("--include-path", help="Folder of extra task YAMLs, e.g. with local data files.")
     ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Requests per forward pass.")] = 8,
     revision: RevisionOpt = None,
@@ -296,14 +353,19 @@ def tasks(
 
 @app.command()
 def speed(
-    dense: Annotated[str, typer.Argument(help="The dense model: Hub id, local directory, .gguf file or `smollm2-135m`.")],
+    dense: Annotated[
+        str, typer.Argument(help="The dense model: Hub id, local directory, .gguf file or `smollm2-135m`.")
+    ],
     compare: Annotated[str, typer.Option("--compare", help="The pruned model directory (its record gets the result).")],
     batch_size: Annotated[int, typer.Option("--batch-size", help="Sequences generated at once.")] = 1,
     prompt_len: Annotated[int, typer.Option("--prompt-len", help="Prompt tokens (random ids).")] = 512,
     new_tokens: Annotated[int, typer.Option("--new-tokens", help="Tokens generated with the KV cache.")] = 128,
     warmup: Annotated[int, typer.Option("--warmup", help="Untimed runs per model first.")] = 2,
     repeats: Annotated[int, typer.Option("--repeats", help="Timed runs per model; medians are reported.")] = 5,
-    device: Annotated[Optional[str], typer.Option("--device", help="One device for both models: cpu, cuda, cuda:1 ... (default: cpu).")] = None,
+    device: Annotated[
+        str | None,
+        typer.Option("--device", help="One device for both models: cpu, cuda, cuda:1 ... (default: cpu)."),
+    ] = None,
     dtype: DtypeOpt = "auto",
     trust_remote_code: TrustOpt = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
@@ -313,8 +375,16 @@ def speed(
     from .evaluate.speed import SpeedConfig
     from .evaluate.speed import speed as run_speed
 
-    config = SpeedConfig(batch_size, prompt_len, new_tokens, warmup, repeats, device=device, dtype=dtype,
-                         trust_remote_code=trust_remote_code)
+    config = SpeedConfig(
+        batch_size,
+        prompt_len,
+        new_tokens,
+        warmup,
+        repeats,
+        device=device,
+        dtype=dtype,
+        trust_remote_code=trust_remote_code,
+    )
     result = run_speed(dense, compare, config)
     typer.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.table())
     _recorded_note(compare, "speed")
@@ -323,16 +393,25 @@ def speed(
 # ---------------------------------------------------------------- calibration data (evop_hub.calibration)
 # Calibration options, shared by `calibrate` and `prune`.
 CalibCorpusOpt = Annotated[
-    str, typer.Option("--corpus", help="NAME[:SPLIT] (wikitext2, c4, wiki-leads, pydoc, shakespeare) or a .txt/.jsonl path to draw from.")
+    str,
+    typer.Option(
+        "--corpus",
+        help="NAME[:SPLIT] (wikitext2, c4, wiki-leads, pydoc, shakespeare) or a .txt/.jsonl path to draw from.",
+    ),
 ]
-SamplerOpt = Annotated[str, typer.Option("--sampler", help="ccds (EvoP's cluster-based sampling) or random (SLEB's windows).")]
+SamplerOpt = Annotated[
+    str, typer.Option("--sampler", help="ccds (EvoP's cluster-based sampling) or random (SLEB's windows).")
+]
 ClustersOpt = Annotated[int, typer.Option("--clusters", help="k: KMeans clusters of the corpus's sentence chunks.")]
 SamplesPerClusterOpt = Annotated[int, typer.Option("--samples-per-cluster", help="n: samples drawn from each cluster.")]
 CalibSeqLenOpt = Annotated[int, typer.Option("--seq-len", help="Tokens per calibration sample.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of clustering and sampling: one seed, one identical file.")]
 SentencesPerChunkOpt = Annotated[int, typer.Option("--sentences-per-chunk", help="Sentences per embedded chunk.")]
 EmbedderOpt = Annotated[
-    str, typer.Option("--embedder", help="sentence-transformers Hub id or local folder (default: bundled all-MiniLM-L6-v2).")
+    str,
+    typer.Option(
+        "--embedder", help="sentence-transformers Hub id or local folder (default: bundled all-MiniLM-L6-v2)."
+    ),
 ]
 
 
@@ -348,7 +427,9 @@ def calibrate(
     seed: SeedOpt = 0,
     sentences_per_chunk: SentencesPerChunkOpt = 4,
     embedder: EmbedderOpt = "all-MiniLM-L6-v2",
-    plot: Annotated[Optional[Path], typer.Option("--plot", help="Also draw the chunk clusters in 2-D to this PNG.")] = None,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", help="Also draw the chunk clusters in 2-D to this PNG.")
+    ] = None,
     data_dir: DataDirOpt = None,
     revision: RevisionOpt = None,
     trust_remote_code: TrustOpt = False,
@@ -361,7 +442,13 @@ def calibrate(
     from .models import LoadConfig, load_tokenizer
 
     config = CalibrationConfig(
-        sampler, clusters, samples_per_cluster, seq_len, seed, sentences_per_chunk, embedder,
+        sampler,
+        clusters,
+        samples_per_cluster,
+        seq_len,
+        seed,
+        sentences_per_chunk,
+        embedder,
         data_dir=str(data_dir) if data_dir else None,
     )
     if plot is not None and sampler != "ccds":
@@ -378,7 +465,9 @@ def calibrate(
     for j, info in enumerate(meta.get("clusters", [])):
         typer.echo(f"  cluster {j}: {info['size']} chunks; {', '.join(info['top_terms'][:6])}")
     if "nmi" in meta:
-        typer.echo(f"  NMI vs topic labels: {meta['nmi']['clusters']:.3f} (random, same sizes: {meta['nmi']['random_same_sizes']:.3f})")
+        typer.echo(
+            f"  NMI vs topic labels: {meta['nmi']['clusters']:.3f} (random, same sizes: {meta['nmi']['random_same_sizes']:.3f})"
+        )
     if plot is not None:
         typer.echo(f"wrote {calibration.plot(plot, overwrite=overwrite)}")
 
@@ -386,13 +475,15 @@ def calibrate(
 # ---------------------------------------------------------------- publishing (evop_hub.hub)
 OutputDirArg = Annotated[Path, typer.Argument(help="An output directory of `evop-hub prune` or `evop-hub drop`.")]
 # Push options, shared by `push` and `prune --push`.
-RepoIdOpt = Annotated[Optional[str], typer.Option("--repo-id", help="USER/NAME; default {user}/{model}-evop-{kept}L.")]
+RepoIdOpt = Annotated[str | None, typer.Option("--repo-id", help="USER/NAME; default {user}/{model}-evop-{kept}L.")]
 PrivateOpt = Annotated[bool, typer.Option("--private/--public", help="Visibility of new repos (private by default).")]
-PushRevisionOpt = Annotated[Optional[str], typer.Option("--revision", help="Branch of the model repo (created if missing).")]
-CommitMessageOpt = Annotated[Optional[str], typer.Option("--commit-message", help="Commit message.")]
+PushRevisionOpt = Annotated[
+    str | None, typer.Option("--revision", help="Branch of the model repo (created if missing).")
+]
+CommitMessageOpt = Annotated[str | None, typer.Option("--commit-message", help="Commit message.")]
 NoSpaceOpt = Annotated[bool, typer.Option("--no-space", help="Do not create the demo Space.")]
 SpaceHardwareOpt = Annotated[
-    Optional[str], typer.Option("--space-hardware", help="Space hardware, e.g. cpu-upgrade or a10g-small.")
+    str | None, typer.Option("--space-hardware", help="Space hardware, e.g. cpu-upgrade or a10g-small.")
 ]
 
 
@@ -411,11 +502,7 @@ def print_push(result) -> None:
     if result.left_out:
         typer.echo(f"not uploaded (evop-hub did not write them): {', '.join(result.left_out)}", err=True)
     if result.dry_run:
-        typer.echo(f"dry run: would upload to model repo {result.repo_id}:")
-        typer.echo("\n".join(f"  {name}" for name in result.files))
-        if result.space_repo_id:
-            typer.echo(f"and to Space {result.space_repo_id}:")
-            typer.echo("\n".join(f"  {name}" for name in result.space_files))
+        typer.echo(result.listing())
         return
     typer.echo(f"pushed {len(result.files)} files to {result.url} (commit {result.commit})")
     if result.space_url:
@@ -453,9 +540,16 @@ def push(
 def space(
     output_dir: OutputDirArg,
     port: Annotated[int, typer.Option("--port", help="Port on 127.0.0.1.")] = 7860,
-    base: Annotated[Optional[str], typer.Option("--base", help="Base model to compare with (default: the source).")] = None,
+    base: Annotated[
+        str | None, typer.Option("--base", help="Base model to compare with (default: the source).")
+    ] = None,
     no_base: Annotated[bool, typer.Option("--no-base", help="Serve the pruned model alone.")] = False,
-    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow code shipped in DIR (a SliceGPT model's modeling file) to run.")] = False,
+    trust_remote_code: Annotated[
+        bool,
+        typer.Option(
+            "--trust-remote-code", help="Allow code shipped in DIR (a SliceGPT model's modeling file) to run."
+        ),
+    ] = False,
 ) -> None:
     """Serve the demo Space app for DIR locally on 127.0.0.1 (nothing is uploaded)."""
     from .hub import serve
@@ -477,33 +571,97 @@ def _model_name(model: str) -> str:
 @app.command()
 def prune(
     ctx: typer.Context,
-    model: Annotated[str, typer.Argument(help="Hub id, local directory, .gguf file, or `smollm2-135m`.")] = "smollm2-135m",
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Directory for the pruned model (default: named after the model).")] = None,
-    sparsity: Annotated[Optional[float], typer.Option("--sparsity", help="Fraction removed, in the method's unit: blocks, k = ceil(sparsity x blocks) (search methods, default 0.2); weights (wanda, default 0.5); hidden channels (slicegpt, default 0.25).")] = None,
-    num_drop: Annotated[Optional[int], typer.Option("--num-drop", help="Drop exactly K blocks (instead of --sparsity).")] = None,
-    method: Annotated[str, typer.Option("--method", help="evop | sleb | exhaustive | random | shortgpt | angular (blocks); wanda | slicegpt (width baselines)")] = "evop",
-    pattern: Annotated[Optional[str], typer.Option("--pattern", help="wanda: N:M sparsity, e.g. 2:4 (at most N nonzero weights in every M inputs).")] = None,
-    preset: Annotated[str, typer.Option("--preset", help="default (a mixture of text, KL to the dense model, staged selection), paper (EvoP as published: 5 x 2048 WikiText-2 tokens, NLL) or quick (minutes on a CPU).")] = "default",
-    calibration: Annotated[Optional[Path], typer.Option("--calibration", help="A file from `evop-hub calibrate` (else one is drawn).")] = None,
-    corpus: Annotated[Optional[str], typer.Option("--corpus", help="Calibration corpus, or a mixture A:SPLIT+B:SPLIT (default: the train splits of wikitext2, wiki-leads, pydoc and shakespeare that load here).")] = None,
+    model: Annotated[
+        str, typer.Argument(help="Hub id, local directory, .gguf file, or `smollm2-135m`.")
+    ] = "smollm2-135m",
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Directory for the pruned model (default: named after the model)."),
+    ] = None,
+    sparsity: Annotated[
+        float | None,
+        typer.Option(
+            "--sparsity",
+            help="Fraction removed, in the method's unit: blocks, k = ceil(sparsity x blocks) (search methods, default 0.2); weights (wanda, default 0.5); hidden channels (slicegpt, default 0.25).",
+        ),
+    ] = None,
+    num_drop: Annotated[
+        int | None, typer.Option("--num-drop", help="Drop exactly K blocks (instead of --sparsity).")
+    ] = None,
+    method: Annotated[
+        str,
+        typer.Option(
+            "--method",
+            help="evop | sleb | exhaustive | random | shortgpt | angular (blocks); wanda | slicegpt (width baselines)",
+        ),
+    ] = "evop",
+    pattern: Annotated[
+        str | None,
+        typer.Option("--pattern", help="wanda: N:M sparsity, e.g. 2:4 (at most N nonzero weights in every M inputs)."),
+    ] = None,
+    preset: Annotated[
+        str,
+        typer.Option(
+            "--preset",
+            help="default (a mixture of text, KL to the dense model, staged selection), paper (EvoP as published: 5 x 2048 WikiText-2 tokens, NLL) or quick (minutes on a CPU).",
+        ),
+    ] = "default",
+    calibration: Annotated[
+        Path | None, typer.Option("--calibration", help="A file from `evop-hub calibrate` (else one is drawn).")
+    ] = None,
+    corpus: Annotated[
+        str | None,
+        typer.Option(
+            "--corpus",
+            help="Calibration corpus, or a mixture A:SPLIT+B:SPLIT (default: the train splits of wikitext2, wiki-leads, pydoc and shakespeare that load here).",
+        ),
+    ] = None,
     sampler: SamplerOpt = "ccds",
-    clusters: Annotated[Optional[int], typer.Option("--clusters", help="k: KMeans clusters of the corpus's sentence chunks, one sample each (default 40; paper: 5).")] = None,
+    clusters: Annotated[
+        int | None,
+        typer.Option(
+            "--clusters",
+            help="k: KMeans clusters of the corpus's sentence chunks, one sample each (default 40; paper: 5).",
+        ),
+    ] = None,
     samples_per_cluster: SamplesPerClusterOpt = 1,
-    seq_len: Annotated[Optional[int], typer.Option("--seq-len", help="Tokens per calibration sample (default 2048; quick: 128).")] = None,
+    seq_len: Annotated[
+        int | None, typer.Option("--seq-len", help="Tokens per calibration sample (default 2048; quick: 128).")
+    ] = None,
     embedder: EmbedderOpt = "all-MiniLM-L6-v2",
     data_dir: DataDirOpt = None,
     seed: Annotated[int, typer.Option("--seed", help="Sets both --calib-seed and --search-seed.")] = 0,
-    calib_seed: Annotated[Optional[int], typer.Option("--calib-seed", help="Seed of the calibration draw.")] = None,
-    search_seed: Annotated[Optional[int], typer.Option("--search-seed", help="Seed of the search.")] = None,
-    population: Annotated[Optional[int], typer.Option("--population", help="evop: patterns per generation.")] = None,
-    generations: Annotated[Optional[int], typer.Option("--generations", help="evop: most generations.")] = None,
-    fitness: Annotated[Optional[str], typer.Option("--fitness", help="kl: mean KL(dense || pruned) of the next-token distributions (default); nll: mean next-token NLL (paper).")] = None,
-    stages: Annotated[Optional[str], typer.Option("--stages", help="Staged selection, KEEP@TOKENS,...: keep the best KEEP candidates on the first TOKENS tokens of every sample before scoring on everything (default 8@64,2@256; '' for none).")] = None,
-    exhaustive_limit: Annotated[int, typer.Option("--exhaustive-limit", help="exhaustive: most patterns to enumerate.")] = 50_000,
+    calib_seed: Annotated[int | None, typer.Option("--calib-seed", help="Seed of the calibration draw.")] = None,
+    search_seed: Annotated[int | None, typer.Option("--search-seed", help="Seed of the search.")] = None,
+    population: Annotated[int | None, typer.Option("--population", help="evop: patterns per generation.")] = None,
+    generations: Annotated[int | None, typer.Option("--generations", help="evop: most generations.")] = None,
+    fitness: Annotated[
+        str | None,
+        typer.Option(
+            "--fitness",
+            help="kl: mean KL(dense || pruned) of the next-token distributions (default); nll: mean next-token NLL (paper).",
+        ),
+    ] = None,
+    stages: Annotated[
+        str | None,
+        typer.Option(
+            "--stages",
+            help="Staged selection, KEEP@TOKENS,...: keep the best KEEP candidates on the first TOKENS tokens of every sample before scoring on everything (default 8@64,2@256; '' for none).",
+        ),
+    ] = None,
+    exhaustive_limit: Annotated[
+        int, typer.Option("--exhaustive-limit", help="exhaustive: most patterns to enumerate.")
+    ] = 50_000,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Calibration samples per forward.")] = 1,
     cache_gib: Annotated[float, typer.Option("--cache-gib", help="Memory for cached prefix hidden states.")] = 1.0,
-    search_devices: Annotated[Optional[str], typer.Option("--search-devices", help="Evaluate masks on these devices side by side, one copy of the model on each, e.g. cuda:0,cuda:1.")] = None,
-    plot: Annotated[Optional[Path], typer.Option("--plot", help="Write the convergence plot to this PNG.")] = None,
+    search_devices: Annotated[
+        str | None,
+        typer.Option(
+            "--search-devices",
+            help="Evaluate masks on these devices side by side, one copy of the model on each, e.g. cuda:0,cuda:1.",
+        ),
+    ] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="Write the convergence plot to this PNG.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the search saved in OUTPUT/.evop.")] = False,
     overwrite: OverwriteOpt = False,
     revision: RevisionOpt = None,
@@ -515,7 +673,9 @@ def prune(
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
     compensate: CompensateOpt = "none",
     compensate_ridge: CompensateRidgeOpt = 1e-2,
-    push_to_hub: Annotated[bool, typer.Option("--push", help="Publish the result (and a demo Space) on the Hub.")] = False,
+    push_to_hub: Annotated[
+        bool, typer.Option("--push", help="Publish the result (and a demo Space) on the Hub.")
+    ] = False,
     repo_id: RepoIdOpt = None,
     private: PrivateOpt = True,
     no_space: NoSpaceOpt = False,
@@ -524,26 +684,32 @@ def prune(
     """Choose blocks by search on a calibration set (CCDS + EvoP by default), remove them, save the smaller model."""
     from dataclasses import replace
 
+    from .baselines import BASELINES
     from .calibration import CalibrationConfig
-    from .prune import PruneConfig, apply_preset
-    from .prune import prune as run_prune
+    from .calibration.calibration_set import refuse_existing
     from .hub import PushConfig, check_push
     from .hub import push as push_dir
-    from .report.plots import convergence_plot
-
-    from .baselines import BASELINES
-    from .calibration.calibration_set import refuse_existing
     from .progress import silence
+    from .prune import PruneConfig, apply_preset
+    from .prune import prune as run_prune
+    from .report.plots import convergence_plot
 
     if plot and method in BASELINES:
         raise EvopError(f"--plot draws a block search's convergence; {method} searches nothing")
-    draw = [f"--{name.replace('_', '-')}" for name in DRAW_OPTIONS
-            if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"]
+    draw = [
+        f"--{name.replace('_', '-')}"
+        for name in DRAW_OPTIONS
+        if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"
+    ]
     if calibration and draw:
-        raise EvopError(f"--calibration {calibration} is a set already drawn; {', '.join(draw)} would change nothing: "
-                        "drop them, or drop --calibration to draw a new set")
+        raise EvopError(
+            f"--calibration {calibration} is a set already drawn; {', '.join(draw)} would change nothing: "
+            "drop them, or drop --calibration to draw a new set"
+        )
     if sparsity is not None and num_drop is not None:  # one would be ignored, yet recorded in the card's command
-        raise EvopError(f"--sparsity {sparsity} and --num-drop {num_drop} both say how much to remove; give one of them")
+        raise EvopError(
+            f"--sparsity {sparsity} and --num-drop {num_drop} both say how much to remove; give one of them"
+        )
     if not 0 <= cache_gib < float("inf"):  # NaN fails this too
         raise EvopError(f"--cache-gib is the GiB of memory for cached hidden states: 0 or more, not {cache_gib}")
     if quiet:
@@ -573,10 +739,14 @@ def prune(
             exhaustive_limit=exhaustive_limit,
         ),
         calibration=CalibrationConfig(
-            sampler, cal.clusters if clusters is None else clusters, samples_per_cluster,
+            sampler,
+            cal.clusters if clusters is None else clusters,
+            samples_per_cluster,
             cal.seq_len if seq_len is None else seq_len,
             seed if calib_seed is None else calib_seed,
-            cal.sentences_per_chunk, embedder, data_dir=str(data_dir) if data_dir else None,
+            cal.sentences_per_chunk,
+            embedder,
+            data_dir=str(data_dir) if data_dir else None,
         ),
         corpus=corpus or config.corpus,
         calibration_file=str(calibration) if calibration else None,
@@ -594,7 +764,9 @@ def prune(
     result = run_prune(model, config)
     losses = result.record.scores["calibration_loss"]
     if result.search is None:  # a width baseline: nothing was searched
-        typer.echo(f"{result.record.search['summary']}; calibration loss {losses['dense']:.4f} -> {losses['pruned']:.4f}")
+        typer.echo(
+            f"{result.record.search['summary']}; calibration loss {losses['dense']:.4f} -> {losses['pruned']:.4f}"
+        )
     else:
         typer.echo(
             f"dropped blocks {result.mask} ({len(result.mask)} of {result.record.num_blocks}, "
@@ -606,15 +778,17 @@ def prune(
             typer.echo(f"wrote {convergence_plot(result.search.trace, plot)}")
     if result.record.compensation:
         nll, kl = result.record.compensation["calibration_nll"], result.record.compensation["calibration_kl"]
-        typer.echo(f"compensated: calibration NLL {nll['pruned']:.4f} -> {nll['compensated']:.4f} (all blocks: {nll['dense']:.4f}), "
-                   f"KL to all blocks {kl['pruned']:.4f} -> {kl['compensated']:.4f}")
+        typer.echo(
+            f"compensated: calibration NLL {nll['pruned']:.4f} -> {nll['compensated']:.4f} (all blocks: {nll['dense']:.4f}), "
+            f"KL to all blocks {kl['pruned']:.4f} -> {kl['compensated']:.4f}"
+        )
     typer.echo(f"saved {result.output}")
     if push_to_hub:
         print_push(push_dir(result.output, push_config))
 
 
 # ---------------------------------------------------------------- experiments (evop_hub.report.compare)
-def _csv(text: Optional[str], kind=str) -> Optional[list]:
+def _csv(text: str | None, kind=str) -> list | None:
     if text is None:
         return None
     try:
@@ -625,29 +799,71 @@ def _csv(text: Optional[str], kind=str) -> Optional[list]:
 
 @app.command()
 def compare(
-    model: Annotated[Optional[str], typer.Argument(help="Hub id, local directory, .gguf file, or `smollm2-135m`.")] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="REPORT_DIR: cells/, results.json, report.md, PNGs.")] = None,
-    config_file: Annotated[Optional[Path], typer.Option("--config", help="TOML file of CompareConfig fields (flags override it).")] = None,
-    preset: Annotated[Optional[str], typer.Option("--preset", help="gpu (the paper-like protocol) or cpu (small, minutes on 2 cores); the config file and flags override it.")] = None,
-    sparsities: Annotated[Optional[str], typer.Option("--sparsities", help="Comma-separated, e.g. 0.1,0.2,0.3 (each method's own unit).")] = None,
-    methods: Annotated[Optional[str], typer.Option("--methods", help="Comma-separated: evop, sleb, shortgpt, angular, random, exhaustive, wanda, slicegpt (dense is always the reference).")] = None,
-    seeds: Annotated[Optional[str], typer.Option("--seeds", help="Comma-separated calibration/search seeds, e.g. 0,1,2.")] = None,
-    corpus: Annotated[Optional[str], typer.Option("--corpus", help="Calibration corpus NAME[:SPLIT] or a local file.")] = None,
-    eval_corpora: Annotated[Optional[str], typer.Option("--eval", help="Comma-separated evaluation corpora.")] = None,
-    samples: Annotated[Optional[int], typer.Option("--samples", help="Calibration samples (CCDS clusters x 1).")] = None,
-    seq_len: Annotated[Optional[int], typer.Option("--seq-len", help="Tokens per calibration sample.")] = None,
-    eval_seq_len: Annotated[Optional[int], typer.Option("--eval-seq-len", help="Tokens per held-out window.")] = None,
-    eval_windows: Annotated[Optional[int], typer.Option("--eval-windows", help="First N windows of each evaluation corpus (0: all).")] = None,
-    blocks: Annotated[Optional[int], typer.Option("--blocks", help="Keep only the first N blocks of the model (0: all).")] = None,
-    tasks: Annotated[Optional[str], typer.Option("--tasks", help="Comma-separated lm-eval tasks; `none` for none.")] = None,
+    model: Annotated[str | None, typer.Argument(help="Hub id, local directory, .gguf file, or `smollm2-135m`.")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="REPORT_DIR: cells/, results.json, report.md, PNGs.")
+    ] = None,
+    config_file: Annotated[
+        Path | None, typer.Option("--config", help="TOML file of CompareConfig fields (flags override it).")
+    ] = None,
+    preset: Annotated[
+        str | None,
+        typer.Option(
+            "--preset",
+            help="gpu (the paper-like protocol) or cpu (small, minutes on 2 cores); the config file and flags override it.",
+        ),
+    ] = None,
+    sparsities: Annotated[
+        str | None, typer.Option("--sparsities", help="Comma-separated, e.g. 0.1,0.2,0.3 (each method's own unit).")
+    ] = None,
+    methods: Annotated[
+        str | None,
+        typer.Option(
+            "--methods",
+            help="Comma-separated: evop, sleb, shortgpt, angular, random, exhaustive, wanda, slicegpt (dense is always the reference).",
+        ),
+    ] = None,
+    seeds: Annotated[
+        str | None, typer.Option("--seeds", help="Comma-separated calibration/search seeds, e.g. 0,1,2.")
+    ] = None,
+    corpus: Annotated[
+        str | None, typer.Option("--corpus", help="Calibration corpus NAME[:SPLIT] or a local file.")
+    ] = None,
+    eval_corpora: Annotated[str | None, typer.Option("--eval", help="Comma-separated evaluation corpora.")] = None,
+    samples: Annotated[int | None, typer.Option("--samples", help="Calibration samples (CCDS clusters x 1).")] = None,
+    seq_len: Annotated[int | None, typer.Option("--seq-len", help="Tokens per calibration sample.")] = None,
+    eval_seq_len: Annotated[int | None, typer.Option("--eval-seq-len", help="Tokens per held-out window.")] = None,
+    eval_windows: Annotated[
+        int | None, typer.Option("--eval-windows", help="First N windows of each evaluation corpus (0: all).")
+    ] = None,
+    blocks: Annotated[
+        int | None, typer.Option("--blocks", help="Keep only the first N blocks of the model (0: all).")
+    ] = None,
+    tasks: Annotated[
+        str | None, typer.Option("--tasks", help="Comma-separated lm-eval tasks; `none` for none.")
+    ] = None,
     no_speed: Annotated[bool, typer.Option("--no-speed", help="Do not measure speed.")] = False,
-    device: Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, cuda:1 ...")] = None,
-    dtype: Annotated[Optional[str], typer.Option("--dtype", help="float32|bfloat16|float16|auto")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1 ...")] = None,
+    dtype: Annotated[str | None, typer.Option("--dtype", help="float32|bfloat16|float16|auto")] = None,
     data_dir: DataDirOpt = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Reuse the finished cells in REPORT_DIR; compute the rest.")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Delete what compare wrote in REPORT_DIR and start over (and let --write-config replace its file).")] = False,
-    report_only: Annotated[bool, typer.Option("--report-only", help="Rewrite report.md and the PNGs from REPORT_DIR/results.json; run nothing.")] = False,
-    write_config: Annotated[Optional[Path], typer.Option("--write-config", help="Write the resolved settings as TOML to this file and stop.")] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Reuse the finished cells in REPORT_DIR; compute the rest.")
+    ] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Delete what compare wrote in REPORT_DIR and start over (and let --write-config replace its file).",
+        ),
+    ] = False,
+    report_only: Annotated[
+        bool,
+        typer.Option("--report-only", help="Rewrite report.md and the PNGs from REPORT_DIR/results.json; run nothing."),
+    ] = False,
+    write_config: Annotated[
+        Path | None,
+        typer.Option("--write-config", help="Write the resolved settings as TOML to this file and stop."),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Reproduce the EvoP paper's tables and figures on MODEL: methods x sparsities x seeds, resumable."""
@@ -665,9 +881,18 @@ def compare(
     if config_file is not None:
         config = CompareConfig.load(config_file, config)
     flags = {
-        "sparsities": _csv(sparsities, float), "methods": _csv(methods), "seeds": _csv(seeds, int), "calibration": corpus,
-        "eval": _csv(eval_corpora), "samples": samples, "seq_len": seq_len, "eval_seq_len": eval_seq_len,
-        "eval_windows": eval_windows, "blocks": blocks, "device": device, "dtype": dtype,
+        "sparsities": _csv(sparsities, float),
+        "methods": _csv(methods),
+        "seeds": _csv(seeds, int),
+        "calibration": corpus,
+        "eval": _csv(eval_corpora),
+        "samples": samples,
+        "seq_len": seq_len,
+        "eval_seq_len": eval_seq_len,
+        "eval_windows": eval_windows,
+        "blocks": blocks,
+        "device": device,
+        "dtype": dtype,
         "data_dir": str(data_dir) if data_dir else None,
         "tasks": None if tasks is None else ([] if tasks.strip().lower() == "none" else _csv(tasks)),
         "speed": False if no_speed else None,
@@ -689,13 +914,17 @@ def compare(
         from .progress import silence
 
         silence()
-    results = run_compare(model, config, output, resume=resume, overwrite=overwrite, command=command_line(),
-                          progress=not quiet)
+    results = run_compare(
+        model, config, output, resume=resume, overwrite=overwrite, command=command_line(), progress=not quiet
+    )
     typer.echo(f"{len(results['cells'])} cells ({results['cells_reused']} reused); wrote {Path(output) / 'report.md'}")
 
 
 def main() -> None:
     """Console entry point: user errors become one line and exit code 2."""
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), _stop)
     try:
         app()
     except EvopError as exc:
@@ -706,24 +935,38 @@ def main() -> None:
     except OSError as exc:
         if exc.errno != errno.ENOSPC or _state["debug"]:
             raise
-        typer.echo(f"error: no space left on the device holding {exc.filename or 'the output'}; free some space, "
-                   "then run again", err=True)
+        typer.echo(
+            f"error: no space left on the device holding {exc.filename or 'the output'}; free some space, "
+            "then run again",
+            err=True,
+        )
         sys.exit(2)
     except (KeyboardInterrupt, SystemExit) as exc:
         if isinstance(exc, SystemExit) and exc.code != 130:  # typer ends a command's Ctrl-C as a silent exit 130
             raise
-        typer.echo(_interrupted(), err=True)
-        sys.exit(130)
+        stopped_by = _state.get("signal", signal.SIGINT)
+        typer.echo(_interrupted(stopped_by), err=True)
+        sys.exit(128 + stopped_by)
 
 
-def _interrupted() -> str:
-    """The line for Ctrl-C: a prune whose output holds its run state can go on from where it stopped."""
+def _stop(signum: int, frame) -> None:
+    """SIGTERM (kill, `timeout`, `docker stop`, a batch scheduler) and SIGHUP (a closed terminal) end a run
+    as Ctrl-C does, through KeyboardInterrupt: its lock file and empty run state go and it says so. Python's
+    default dies on the spot, leaving both, and the same command then refuses the half-made output."""
+    _state["signal"] = signum
+    raise KeyboardInterrupt
+
+
+def _interrupted(signum: int = signal.SIGINT) -> str:
+    """The line for Ctrl-C (or a signal to stop): a prune whose output holds its run state can go on from
+    where it stopped."""
     from .models.saving import has_run
 
+    word = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
     output = _state.get("output")
     if output is not None and has_run(Path(output)):
-        return f"interrupted; the run so far is saved in {output}: repeat the command with --resume to continue it"
-    return "interrupted"
+        return f"{word}; the run so far is saved in {output}: repeat the command with --resume to continue it"
+    return word
 
 
 if __name__ == "__main__":

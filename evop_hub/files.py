@@ -85,8 +85,10 @@ def hold_output(output: str | Path) -> bool:
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
-            raise EvopError(f"{output} is being written by another evop-hub run (process {holder}); wait for it "
-                            "to finish, or choose another --output") from None
+            raise EvopError(
+                f"{output} is being written by another evop-hub run (process {holder}); wait for it "
+                "to finish, or choose another --output"
+            ) from None
         except OSError:  # a file system without locks (some network mounts): unlocked, as without fcntl
             os.close(fd)
             path.unlink(missing_ok=True)
@@ -124,3 +126,11 @@ def _release_all() -> None:
     """A run that stops on an error leaves no lock file beside its output."""
     for path in list(_held):
         _unlock(path)
+
+
+def cache_dir() -> Path:
+    """evop-hub's own cache (converted GGUF checkpoints, embeddings), under the user cache."""
+    root = os.environ.get("EVOP_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "evop_hub"
+    )
+    return Path(root)

@@ -9,18 +9,28 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .baselines import BASELINES, calibration_loss
 from .calibration import CalibrationConfig, CalibrationSet, calibrate
+from .compensation import (
+    DEFAULT_RIDGE,
+    calibration_info,
+    check_compensable,
+    check_method,
+    check_ridge,
+    compensated_drop,
+)
 from .data.corpora import check_corpus_spec, load_mixture
 from .errors import EvopError
 from .files import atomic_path, release_output
 from .models import LoadConfig, LoadedModel, drop, find_blocks, input_device, load, prepare_output, save, text_config
-from .models.compensation import DEFAULT_RIDGE, calibration_info, check_compensable, check_method, check_ridge, compensated_drop
 from .models.saving import check_not_source, run_state
 from .record import PruningRecord
+from .scoring import FITNESSES, parse_stages
 from .search import METHODS, PAPER_SEARCH, SearchConfig, SearchResult, evaluator_for, num_drop, run_search
 
 log = logging.getLogger(__name__)
@@ -109,19 +119,27 @@ def _calibration(loaded: LoadedModel, config: PruneConfig, run_dir: Path | None)
         return calibration
     _check_context(loaded, config.calibration.seq_len)
     # Everything the draw depends on (where the embeddings are cached does not change them).
-    request = {"corpus": config.corpus, **{k: v for k, v in asdict(config.calibration).items()
-                                          if k not in ("cache_dir", "batch_size")}}
+    request = {
+        "corpus": config.corpus,
+        **{k: v for k, v in asdict(config.calibration).items() if k not in ("cache_dir", "batch_size")},
+    }
     if saved and config.resume and saved.is_file():
-        asked = run_dir / CALIBRATION_REQUEST
-        if not asked.is_file() or json.loads(asked.read_text()) != request:
-            raise EvopError("the run to resume drew its calibration set with other options (--corpus, --sampler, "
-                            "--calib-seed, --clusters, --seq-len, --embedder ...); resume with the same options, "
-                            "or --overwrite to start over")
+        if _saved_request(run_dir / CALIBRATION_REQUEST) != request:
+            raise EvopError(
+                "the run to resume drew its calibration set with other options (--corpus, --sampler, "
+                "--calib-seed, --clusters, --seq-len, --embedder ...); resume with the same options, "
+                "or --overwrite to start over"
+            )
         return CalibrationSet.load(saved, loaded.tokenizer)
     corpus = config.corpus or load_mixture(list(DEFAULT_MIXTURE), config.calibration.data_dir, skip_missing=True)
     calibration = calibrate(corpus, loaded.tokenizer, config.calibration)
-    log.info("calibration: %s from %s:%s, %d x %d tokens", config.calibration.sampler,
-             calibration.metadata["corpus"], calibration.metadata["split"], *calibration.input_ids.shape)
+    log.info(
+        "calibration: %s from %s:%s, %d x %d tokens",
+        config.calibration.sampler,
+        calibration.metadata["corpus"],
+        calibration.metadata["split"],
+        *calibration.input_ids.shape,
+    )
     if saved:
         calibration.save(saved, overwrite=True)
         with atomic_path(run_dir / CALIBRATION_REQUEST) as path:
@@ -129,20 +147,52 @@ def _calibration(loaded: LoadedModel, config: PruneConfig, run_dir: Path | None)
     return calibration
 
 
+def _saved_request(path: Path) -> Any:
+    """The options a resumed run's calibration set was drawn with (None if it has no such file); a damaged
+    file (a disk error, an edit) is one line saying how to start over, not a traceback."""
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:  # bad JSON or UTF-8
+        raise EvopError(f"{path} is damaged ({exc}); pass --overwrite to start the run over") from None
+
+
 def _check_context(loaded: LoadedModel, seq_len: int) -> None:
     """Samples longer than the model's positions fail deep in its embeddings (GPT-2) or are scored past its
     training length (RoPE models): refused, as the context is known before any work."""
     context = getattr(text_config(loaded.model), "max_position_embeddings", None)
     if context is not None and seq_len > context:
-        raise EvopError(f"calibration samples of {seq_len} tokens exceed the model's context of {context}; "
-                        f"use --seq-len {context} or less")
+        raise EvopError(
+            f"calibration samples of {seq_len} tokens exceed the model's context of {context}; "
+            f"use --seq-len {context} or less"
+        )
 
 
 def prune(model: str | LoadedModel, config: PruneConfig | None = None) -> PruneResult:
-    """Choose and remove blocks; save to ``config.output`` when set."""
+    """Choose and remove blocks (or, for the width baselines, weights); save to ``config.output`` when set."""
     config = config or PruneConfig()
-    from .baselines import BASELINES, prune_baseline  # width-pruning baselines (wanda, slicegpt): no block search
+    _check(config)
+    width = config.search.method in BASELINES
+    resume = config.resume and not width
+    output = prepare_output(config.output, overwrite=config.overwrite, resume=resume) if config.output else None
+    try:  # the output's lock is released however the run ends, also in a long-lived Python process
+        loaded = model if isinstance(model, LoadedModel) else load(model, config.load)
+        if loaded.record.dropped_blocks:
+            raise EvopError("this model already had blocks removed; prune the original model instead")
+        if output:
+            check_not_source(output, loaded)
+        if width:
+            return _prune_width(loaded, config, output)
+        with run_state(output) as run_dir:
+            return _search_and_drop(loaded, config, output, run_dir)
+    finally:
+        if output:
+            release_output(output)
 
+
+def _check(config: PruneConfig) -> None:
+    """Every setting is checked before anything slow starts."""
     if config.batch_size < 1:
         raise EvopError(f"--batch-size must be at least 1, not {config.batch_size}")
     if config.corpus and not config.calibration_file:
@@ -151,38 +201,76 @@ def prune(model: str | LoadedModel, config: PruneConfig | None = None) -> PruneR
         CalibrationSet.load(config.calibration_file)  # a missing or foreign file fails now; its tokenizer once loaded
     check_method(config.compensate)
     check_ridge(config.compensate_ridge)
-    if config.search.method in BASELINES:
+    method = config.search.method
+    if method in BASELINES:
         if config.compensate != "none":
-            raise EvopError(f"--compensate replaces removed blocks; {config.search.method} removes none")
-        return prune_baseline(model, config)
-    if config.search.method not in METHODS:  # settings are checked before anything slow starts
-        raise EvopError(f"unknown --method {config.search.method!r}; choose from {', '.join([*METHODS, *BASELINES])}")
+            raise EvopError(f"--compensate replaces removed blocks; {method} removes none")
+        if config.resume:
+            raise EvopError(f"--resume continues a block search; {method} runs in one go, re-run without --resume")
+        if config.num_drop is not None:
+            raise EvopError(f"--num-drop counts blocks; {method} removes weights, set how many with --sparsity")
+        BASELINES[method].settings(config.sparsity, config.pattern, config.batch_size, config.progress)
+        return
+    if method not in METHODS:
+        raise EvopError(f"unknown --method {method!r}; choose from {', '.join([*METHODS, *BASELINES])}")
     if config.pattern:
-        raise EvopError(f"--pattern is Wanda's N:M weight sparsity; {config.search.method} removes whole blocks")
+        raise EvopError(f"--pattern is Wanda's N:M weight sparsity; {method} removes whole blocks")
     if config.search.population < 2 or config.search.generations < 1:
         raise EvopError("--population must be at least 2 and --generations at least 1")
+    if config.search.fitness not in FITNESSES:  # else refused only once the model has loaded
+        raise EvopError(f"unknown --fitness {config.search.fitness!r}; choose from {', '.join(FITNESSES)}")
+    parse_stages(config.search.stages)
     if config.sparsity is not None and config.num_drop is None and not 0 < config.sparsity < 1:
         raise EvopError(f"--sparsity must be strictly between 0 and 1 (got {config.sparsity})")
-    output = prepare_output(config.output, overwrite=config.overwrite, resume=config.resume) if config.output else None
-    try:  # the output's lock is released however the run ends, also in a long-lived Python process
-        loaded = model if isinstance(model, LoadedModel) else load(model, config.load)
-        if loaded.record.dropped_blocks:
-            raise EvopError("this model already had blocks removed; prune the original model instead")
-        if output:
-            check_not_source(output, loaded)
-        with run_state(output) as run_dir:
-            return _search_and_drop(loaded, config, output, run_dir)
-    finally:
-        if output:
-            release_output(output)
 
 
-def _search_and_drop(loaded: LoadedModel, config: PruneConfig, output: Path | None, run_dir: Path | None) -> PruneResult:
+def _prune_width(loaded: LoadedModel, config: PruneConfig, output: Path | None) -> PruneResult:
+    """A width baseline: calibrate, prune the weights in place, record; ``sparsity`` None is the method's
+    default (Wanda 0.5 or as ``pattern`` implies, SliceGPT 0.25). Nothing resumes it: it keeps no run state."""
+    method = config.search.method
+    baseline = BASELINES[method]
+    settings = baseline.settings(config.sparsity, config.pattern, config.batch_size, config.progress)
+    calibration = _calibration(loaded, config, None)
+    ids = calibration.input_ids
+    dense = calibration_loss(loaded.model, ids, config.batch_size)
+    start = time.perf_counter()
+    details = baseline.run(loaded, ids, settings)
+    search = {"method": method, "seconds": time.perf_counter() - start, **details}
+    losses = {"dense": dense, "pruned": calibration_loss(loaded.model, ids, config.batch_size)}
+    _record(loaded.record, config, calibration, search, losses)
+    if output:
+        save(loaded, output, overwrite=True)  # vetted by prepare_output
+    return PruneResult(loaded, [], loaded.record, None, output)
+
+
+def _record(
+    record: PruningRecord,
+    config: PruneConfig,
+    calibration: CalibrationSet,
+    search: dict[str, Any],
+    losses: dict[str, float],
+) -> None:
+    """What every method's run leaves in the record besides what the method itself set."""
+    record.method = config.search.method
+    record.calibration = calibration.summary()
+    record.search = search
+    record.scores["calibration_loss"] = losses
+    if config.command:
+        record.command = config.command
+
+
+def _search_and_drop(
+    loaded: LoadedModel, config: PruneConfig, output: Path | None, run_dir: Path | None
+) -> PruneResult:
     blocks = loaded.record.num_blocks
     k = num_drop(blocks, DEFAULT_BLOCK_SPARSITY if config.sparsity is None else config.sparsity, config.num_drop)
     per_block = sum(p.numel() for p in find_blocks(loaded.model).parameters()) / blocks
-    log.info("dropping k=%d of %d blocks (about %.1f%% of parameters)", k, blocks,
-             100 * k * per_block / loaded.record.parameters_before)
+    log.info(
+        "dropping k=%d of %d blocks (about %.1f%% of parameters)",
+        k,
+        blocks,
+        100 * k * per_block / loaded.record.parameters_before,
+    )
     calibration = _calibration(loaded, config, run_dir)
     if config.compensate != "none":  # an architecture that cannot be compensated is refused before the search
         check_compensable(loaded.model, calibration.input_ids)
@@ -193,18 +281,16 @@ def _search_and_drop(loaded: LoadedModel, config: PruneConfig, output: Path | No
     if config.compensate == "none":
         drop(loaded, result.mask)
     else:
-        compensated_drop(loaded, result.mask, calibration.input_ids, ridge=config.compensate_ridge,
-                         batch_size=config.batch_size, calibration=calibration_info(calibration))
-    record = loaded.record
-    record.method = config.search.method
-    record.sparsity = k / blocks
-    record.sparsity_unit = "blocks"
-    record.calibration = calibration.summary()
-    record.search = result.summary()
-    record.scores["calibration_loss"] = {"dense": result.dense_loss, "pruned": result.loss}
-    if config.command:
-        record.command = config.command
+        compensated_drop(
+            loaded,
+            result.mask,
+            calibration.input_ids,
+            ridge=config.compensate_ridge,
+            batch_size=config.batch_size,
+            calibration=calibration_info(calibration),
+        )
+    loaded.record.sparsity, loaded.record.sparsity_unit = k / blocks, "blocks"
+    _record(loaded.record, config, calibration, result.summary(), {"dense": result.dense_loss, "pruned": result.loss})
     if output:
-        save(loaded, output, overwrite=True)  # vetted by prepare_output above
-    return PruneResult(loaded, list(result.mask), record, result, output)
-
+        save(loaded, output, overwrite=True)  # vetted by prepare_output
+    return PruneResult(loaded, list(result.mask), loaded.record, result, output)

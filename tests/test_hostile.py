@@ -35,8 +35,14 @@ LAYERS = 4
 def cli(*args, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 120):
     """`evop-hub ARGS` in a fresh process, offline and on one thread."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "evop_hub.cli", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "evop_hub.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=timeout,
+    )
 
 
 def error_line(result: subprocess.CompletedProcess) -> str:
@@ -48,8 +54,10 @@ def error_line(result: subprocess.CompletedProcess) -> str:
 
 def tree(root: Path) -> dict[str, str]:
     """Every path under ``root`` with a digest of its content: what a refused command may not change."""
-    return {str(p.relative_to(root)): "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*"))}
+    return {
+        str(p.relative_to(root)): "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+    }
 
 
 @pytest.fixture(scope="module")
@@ -107,18 +115,33 @@ def _calibration_file(s: Scene, ids: torch.Tensor, metadata: str | None = None) 
 
     from evop_hub.calibration.calibration_set import FORMAT, METADATA_KEY, VERSION, tokenizer_fingerprint
 
-    valid = {"format": FORMAT, "version": VERSION, "sampler": "random", "tokenizer": "tiny",
-             "tokenizer_fingerprint": tokenizer_fingerprint(tiny_tokenizer())}
+    valid = {
+        "format": FORMAT,
+        "version": VERSION,
+        "sampler": "random",
+        "tokenizer": "tiny",
+        "tokenizer_fingerprint": tokenizer_fingerprint(tiny_tokenizer()),
+    }
     path = s.tmp / "calibration.safetensors"
-    save_file({"input_ids": ids}, str(path), metadata={METADATA_KEY: json.dumps(valid) if metadata is None else metadata})
+    save_file(
+        {"input_ids": ids}, str(path), metadata={METADATA_KEY: json.dumps(valid) if metadata is None else metadata}
+    )
     return path
 
 
 def _with_calibration(ids: torch.Tensor | None = None, metadata: str | None = None) -> Callable[[Scene], list]:
     """`prune --calibration FILE`, FILE holding ``ids`` (default: valid ones)."""
     ids = torch.randint(2, 20, (4, 16)) if ids is None else ids
-    return lambda s: ["prune", s.dense, "--calibration", _calibration_file(s, ids, metadata), "--num-drop", "1",
-                      "--output", s.tmp / "o"]
+    return lambda s: [
+        "prune",
+        s.dense,
+        "--calibration",
+        _calibration_file(s, ids, metadata),
+        "--num-drop",
+        "1",
+        "--output",
+        s.tmp / "o",
+    ]
 
 
 def _damaged_copy(s: Scene, name: str, damage: Callable[[Path], None]) -> list:
@@ -136,8 +159,20 @@ def _corpus(s: Scene, data: bytes) -> Path:
 
 
 def _calibrate_into(s: Scene, folder: Path) -> list:
-    return ["calibrate", s.dense, "-o", folder / "c.safetensors", "--corpus", _corpus(s, b"the cat sat on the mat " * 50),
-            "--sampler", "random", "--seq-len", "8", "--clusters", "2"]
+    return [
+        "calibrate",
+        s.dense,
+        "-o",
+        folder / "c.safetensors",
+        "--corpus",
+        _corpus(s, b"the cat sat on the mat " * 50),
+        "--sampler",
+        "random",
+        "--seq-len",
+        "8",
+        "--clusters",
+        "2",
+    ]
 
 
 def _file_as_folder(s: Scene) -> Path:
@@ -161,36 +196,75 @@ def _resume_damaged(s: Scene) -> list:
 # id -> (the command, given its scene; a phrase of the one error line)
 REFUSED: dict[str, tuple[Callable[[Scene], list], str]] = {
     # issue 21.4: --overwrite deletes nothing before the checks that refuse the run
-    "overwrite-the-source": (lambda s: ["drop", s.run, "--layers", "1", "--output", s.run, "--overwrite"],
-                             "is the source model's own directory"),
-    "overwrite-mistyped-model": (lambda s: ["drop", "no-such-user/no-such-model", "--layers", "1", "--output", s.run,
-                                            "--overwrite"], "no-such-user/no-such-model"),
-    "prune-overwrite-mistyped-model": (lambda s: ["prune", s.tmp / "no-such-model", "--num-drop", "1", "--output",
-                                                  s.run, "--overwrite", "--preset", "quick"], "no-such-model"),
+    "overwrite-the-source": (
+        lambda s: ["drop", s.run, "--layers", "1", "--output", s.run, "--overwrite"],
+        "is the source model's own directory",
+    ),
+    "overwrite-mistyped-model": (
+        lambda s: ["drop", "no-such-user/no-such-model", "--layers", "1", "--output", s.run, "--overwrite"],
+        "no-such-user/no-such-model",
+    ),
+    "prune-overwrite-mistyped-model": (
+        lambda s: [
+            "prune",
+            s.tmp / "no-such-model",
+            "--num-drop",
+            "1",
+            "--output",
+            s.run,
+            "--overwrite",
+            "--preset",
+            "quick",
+        ],
+        "no-such-model",
+    ),
     "overwrite-read-only-parent": (_read_only_parent, "cannot write to"),
     # issue 21.12: nonsense is refused, not silently replaced or ignored
-    "prune-seq-len-0": (lambda s: ["prune", s.dense, "--seq-len", "0", "--output", s.tmp / "o"],
-                        "--seq-len must be at least 1, not 0"),
-    "prune-seq-len-negative": (lambda s: ["prune", s.dense, "--seq-len", "-5", "--output", s.tmp / "o"],
-                               "--seq-len must be at least 1"),
-    "cache-gib-negative": (lambda s: ["prune", s.dense, "--cache-gib", "-1", "--output", s.tmp / "o"],
-                           "--cache-gib"),
+    "prune-seq-len-0": (
+        lambda s: ["prune", s.dense, "--seq-len", "0", "--output", s.tmp / "o"],
+        "--seq-len must be at least 1, not 0",
+    ),
+    "prune-seq-len-negative": (
+        lambda s: ["prune", s.dense, "--seq-len", "-5", "--output", s.tmp / "o"],
+        "--seq-len must be at least 1",
+    ),
+    "cache-gib-negative": (lambda s: ["prune", s.dense, "--cache-gib", "-1", "--output", s.tmp / "o"], "--cache-gib"),
     "cache-gib-nan": (lambda s: ["prune", s.dense, "--cache-gib", "nan", "--output", s.tmp / "o"], "not nan"),
     "cache-gib-inf": (lambda s: ["prune", s.dense, "--cache-gib", "inf", "--output", s.tmp / "o"], "not inf"),
-    "sparsity-and-num-drop": (lambda s: ["prune", s.dense, "--sparsity", "1.5", "--num-drop", "1", "--output",
-                                         s.tmp / "o"], "give one of them"),
+    "sparsity-and-num-drop": (
+        lambda s: ["prune", s.dense, "--sparsity", "1.5", "--num-drop", "1", "--output", s.tmp / "o"],
+        "give one of them",
+    ),
     # issue 21.8: damaged files and impossible values are one line, not a traceback
-    "corrupt-config-json": (lambda s: _damaged_copy(s, "config.json", lambda p: p.write_text('{"model_type": ')),
-                            "config.json is not valid JSON"),
-    "truncated-safetensors": (lambda s: _damaged_copy(s, "model.safetensors", lambda p: p.write_bytes(
-                              p.read_bytes()[:3000])), "are damaged"),
-    "corpus-not-utf8": (lambda s: ["calibrate", s.dense, "-o", s.tmp / "c.safetensors", "--corpus",
-                                   _corpus(s, b"the cat \xff\xfe sat\n"), "--sampler", "random", "--seq-len", "8"],
-                        "is not UTF-8 text"),
+    "corrupt-config-json": (
+        lambda s: _damaged_copy(s, "config.json", lambda p: p.write_text('{"model_type": ')),
+        "config.json is not valid JSON",
+    ),
+    "truncated-safetensors": (
+        lambda s: _damaged_copy(s, "model.safetensors", lambda p: p.write_bytes(p.read_bytes()[:3000])),
+        "are damaged",
+    ),
+    "corpus-not-utf8": (
+        lambda s: [
+            "calibrate",
+            s.dense,
+            "-o",
+            s.tmp / "c.safetensors",
+            "--corpus",
+            _corpus(s, b"the cat \xff\xfe sat\n"),
+            "--sampler",
+            "random",
+            "--seq-len",
+            "8",
+        ],
+        "is not UTF-8 text",
+    ),
     "resume-damaged-state": (_resume_damaged, "search_state.json is damaged"),
     "device-map-missing-device": (lambda s: ["info", s.dense, "--device-map", '{"": "cuda:99"}'], "cuda:99"),
-    "layers-huge-range": (lambda s: ["drop", s.dense, "--layers", "0-99999999999", "--output", s.tmp / "o"],
-                          "no model has that many blocks"),
+    "layers-huge-range": (
+        lambda s: ["drop", s.dense, "--layers", "0-99999999999", "--output", s.tmp / "o"],
+        "no model has that many blocks",
+    ),
     "calibration-bad-metadata": (_with_calibration(metadata="{not json"), "damaged calibration metadata"),
     "calibration-float-ids": (_with_calibration(torch.rand(4, 16) * 10), "not integers"),
     "calibration-negative-ids": (_with_calibration(torch.full((4, 16), -3)), "from -3 to -3; ids are 0 or more"),
@@ -198,8 +272,10 @@ REFUSED: dict[str, tuple[Callable[[Scene], list], str]] = {
     "calibration-1d-ids": (_with_calibration(torch.arange(2, 18)), "have shape [16]"),
     "calibration-empty-ids": (_with_calibration(torch.zeros((0, 16), dtype=torch.int64)), "have shape [0, 16]"),
     # issue 21.9: an output path that cannot be written is refused before the work, not after it
-    "plot-into-a-file": (lambda s: [*_with_calibration()(s), "--method", "sleb", "--plot",
-                                    _file_as_folder(s) / "p.png"], "afile is not a directory"),
+    "plot-into-a-file": (
+        lambda s: [*_with_calibration()(s), "--method", "sleb", "--plot", _file_as_folder(s) / "p.png"],
+        "afile is not a directory",
+    ),
     "calibrate-into-a-file": (lambda s: _calibrate_into(s, _file_as_folder(s)), "afile is not a directory"),
     "calibrate-read-only-folder": (_calibrate_read_only, "cannot write to"),
     # issue 21.2: code in a folder runs only when the user says so
@@ -262,9 +338,18 @@ def test_a_second_run_on_one_output_is_refused_naming_the_first(models, tmp_path
     left by a killed run (its file, no process) blocks nothing."""
     dense, _ = models
     out = tmp_path / "out"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys; from evop_hub.files import hold_output; "
-                               "hold_output(sys.argv[1]); print('held', flush=True); sys.stdin.read()", str(out)],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from evop_hub.files import hold_output; "
+            "hold_output(sys.argv[1]); print('held', flush=True); sys.stdin.read()",
+            str(out),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         line = error_line(cli("drop", dense, "--layers", "1", "--output", out))
@@ -346,8 +431,25 @@ def test_ctrl_c_is_one_line_and_exit_130(models, tmp_path):
     """21.13: SIGINT during a run exits 130 with a line saying it was interrupted (old code: nothing at all)."""
     dense, _ = models
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    run = subprocess.Popen([sys.executable, "-m", "evop_hub.cli", "prune", dense, "--preset", "quick", "--num-drop",
-                            "1", "--output", tmp_path / "out", "--quiet"], stderr=subprocess.PIPE, text=True, env=env)
+    run = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "evop_hub.cli",
+            "prune",
+            dense,
+            "--preset",
+            "quick",
+            "--num-drop",
+            "1",
+            "--output",
+            tmp_path / "out",
+            "--quiet",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     while not run.stderr.readline().startswith("dropping"):  # the model is loaded: the run's work has begun
         assert run.poll() is None
     run.send_signal(signal.SIGINT)
@@ -394,5 +496,7 @@ def test_a_full_disk_is_one_line(scene, monkeypatch, capsys):
     with pytest.raises(SystemExit) as exit_:
         cli_module.main()
     assert exit_.value.code == 2
-    assert capsys.readouterr().err == f"error: no space left on the device holding {scene.run / 'README.md'}; " \
-                                      "free some space, then run again\n"
+    assert (
+        capsys.readouterr().err == f"error: no space left on the device holding {scene.run / 'README.md'}; "
+        "free some space, then run again\n"
+    )

@@ -24,7 +24,12 @@ def tiny_llama(layers: int = 2, seed: int = 0, **config):
 
     torch.manual_seed(seed)
     defaults = dict(
-        vocab_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+        vocab_size=32,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
     )
     return AutoModelForCausalLM.from_config(LlamaConfig(**{**defaults, **config})).eval()

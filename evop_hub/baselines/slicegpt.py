@@ -34,8 +34,9 @@ import torch
 from torch import nn
 
 from ..errors import EvopError
-from ..models import BlockRunner, LoadedModel, count_parameters, text_config
+from ..models import LoadedModel, count_parameters, text_config
 from ..progress import bar
+from ..scoring import BlockRunner
 from .modeling_slicegpt import SLICED_MODELS, Layout, set_weight
 
 
@@ -48,14 +49,18 @@ class SliceGPTConfig:
 
     def __post_init__(self) -> None:
         if not 0 <= self.sparsity < 1:
-            raise EvopError(f"slicegpt --sparsity is the fraction of hidden channels removed, in [0, 1); got {self.sparsity}")
+            raise EvopError(
+                f"slicegpt --sparsity is the fraction of hidden channels removed, in [0, 1); got {self.sparsity}"
+            )
 
 
 def settings(sparsity: float | None, pattern: str | None, batch_size: int, progress: bool) -> SliceGPTConfig:
     """What ``evop-hub prune --method slicegpt`` asks for, checked before any model loads."""
     if pattern:
         raise EvopError("--pattern is Wanda's N:M sparsity; slicegpt removes whole channels, drop --pattern")
-    return SliceGPTConfig(SliceGPTConfig.sparsity if sparsity is None else sparsity, batch_size=batch_size, progress=progress)
+    return SliceGPTConfig(
+        SliceGPTConfig.sparsity if sparsity is None else sparsity, batch_size=batch_size, progress=progress
+    )
 
 
 def sliced_width(hidden_size: int, config: SliceGPTConfig) -> int:
@@ -103,8 +108,11 @@ def _center(module: nn.Module) -> None:
         set_weight(module, (weight - weight.mean(1, keepdim=True)).to(module.weight.dtype))
         return
     bias = module.bias.double() - module.bias.double().mean() if module.bias is not None else None
-    set_weight(module, (weight - weight.mean(0, keepdim=True)).to(module.weight.dtype),
-               None if bias is None else bias.to(module.weight.dtype))
+    set_weight(
+        module,
+        (weight - weight.mean(0, keepdim=True)).to(module.weight.dtype),
+        None if bias is None else bias.to(module.weight.dtype),
+    )
 
 
 def fuse(model: nn.Module) -> nn.Module:
@@ -204,8 +212,10 @@ def slicegpt(model: nn.Module, input_ids: torch.Tensor, config: SliceGPTConfig |
             _rotate_inputs(block.get_submodule(name), q_in)
         # The stream after attention, in the original basis: shortcut back out of q_in, attention not yet rotated.
         # Signals are kept in the model's dtype (as SliceGPT does) so that three of them fit next to a 7B model.
-        mids = [(_in_basis(x, q_in.T) + block.attention(x, **ctx.kwargs[i]).float()).to(dtype)
-                for x, ctx in zip(hidden, contexts)]
+        mids = [
+            (_in_basis(x, q_in.T) + block.attention(x, **ctx.kwargs[i]).float()).to(dtype)
+            for x, ctx in zip(hidden, contexts)
+        ]
         q_mid = _principal_directions(mids)[:, :width]
         _rotate_output(block.get_submodule(layout.attn_output), q_mid)
         block.attn_shortcut = _shortcut(q_in, q_mid, dtype)
@@ -242,5 +252,5 @@ def run(loaded: LoadedModel, input_ids: torch.Tensor, config: SliceGPTConfig) ->
             "AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True), or pass --trust-remote-code to evop-hub"
         ),
         "summary": f"slicegpt: residual stream sliced from {hidden} to {width} channels "
-                   "(parameter count includes the shortcut matrices)",
+        "(parameter count includes the shortcut matrices)",
     }

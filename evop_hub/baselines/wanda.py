@@ -19,8 +19,9 @@ import torch
 from torch import nn
 
 from ..errors import EvopError
-from ..models import BlockRunner, LoadedModel
+from ..models import LoadedModel
 from ..progress import bar
+from ..scoring import BlockRunner
 
 
 @dataclass
@@ -34,12 +35,16 @@ class WandaConfig:
         if self.pattern:
             n, m = parse_pattern(self.pattern)
             if self.sparsity is not None and abs(self.sparsity - (1 - n / m)) > 1e-9:
-                raise EvopError(f"--pattern {self.pattern} zeroes {1 - n / m:.0%} of weights; drop --sparsity or make it match")
+                raise EvopError(
+                    f"--pattern {self.pattern} zeroes {1 - n / m:.0%} of weights; drop --sparsity or make it match"
+                )
             self.sparsity = 1 - n / m
         elif self.sparsity is None:
             self.sparsity = 0.5
         elif not 0 < self.sparsity < 1:
-            raise EvopError(f"wanda --sparsity is the fraction of weights zeroed, strictly between 0 and 1; got {self.sparsity}")
+            raise EvopError(
+                f"wanda --sparsity is the fraction of weights zeroed, strictly between 0 and 1; got {self.sparsity}"
+            )
 
 
 def parse_pattern(pattern: str) -> tuple[int, int]:
@@ -83,12 +88,18 @@ def wanda(model: nn.Module, input_ids: torch.Tensor, config: WandaConfig | None 
     for i in bar(range(len(runner)), desc="wanda", unit="block", disable=not config.progress):
         linears = {name: m for name, m in runner.blocks[i].named_modules() if isinstance(m, nn.Linear)}
         if not linears:
-            raise EvopError(f"block {i} has no nn.Linear to prune (GPT-2's Conv1D is not supported); use another method")
+            raise EvopError(
+                f"block {i} has no nn.Linear to prune (GPT-2's Conv1D is not supported); use another method"
+            )
         fused = [name for name, p in runner.blocks[i].named_parameters() if p.dim() > 2]
         if fused:  # MoE experts held as 3-D tensors: most of the weights, which Wanda's per-row rule does not cover
-            raise EvopError(f"block {i} keeps weights outside nn.Linear ({fused[0]}, e.g. fused MoE experts), which "
-                            "wanda would leave dense; use a block method or slicegpt")
-        squares = {name: torch.zeros(m.in_features, dtype=torch.float32, device=m.weight.device) for name, m in linears.items()}
+            raise EvopError(
+                f"block {i} keeps weights outside nn.Linear ({fused[0]}, e.g. fused MoE experts), which "
+                "wanda would leave dense; use a block method or slicegpt"
+            )
+        squares = {
+            name: torch.zeros(m.in_features, dtype=torch.float32, device=m.weight.device) for name, m in linears.items()
+        }
 
         def accumulate(name: str):
             def hook(module, inputs, _output):
@@ -128,5 +139,5 @@ def run(loaded: LoadedModel, input_ids: torch.Tensor, config: WandaConfig) -> di
         "zeroed_share_of_parameters": share,
         "format": "standard checkpoint with zeroed weights: same shapes and size on disk as the source",
         "summary": f"wanda: zeroed {counts['zeroed_weights']:,} weights ({record.sparsity:.1%} of the blocks' linears, "
-                   f"{share:.1%} of all parameters); the checkpoint is not smaller on disk",
+        f"{share:.1%} of all parameters); the checkpoint is not smaller on disk",
     }

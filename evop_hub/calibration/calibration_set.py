@@ -50,7 +50,9 @@ def _metadata(path: Path, raw: str) -> dict[str, Any]:
     if not isinstance(metadata, dict) or not isinstance(metadata.get("version", 0), int):
         raise EvopError(f"{path} has damaged calibration metadata; make a new file with `evop-hub calibrate`")
     if metadata.get("version", 0) > VERSION:
-        raise EvopError(f"{path} was written by a newer evop-hub (format version {metadata['version']}); upgrade evop-hub")
+        raise EvopError(
+            f"{path} was written by a newer evop-hub (format version {metadata['version']}); upgrade evop-hub"
+        )
     return metadata
 
 
@@ -94,7 +96,9 @@ class CalibrationSet:
                 raw = (f.metadata() or {}).get(METADATA_KEY)
                 tensors = {name: f.get_tensor(name) for name in f.keys()}
         except Exception as exc:  # noqa: BLE001 - safetensors raises several types for a bad file
-            raise EvopError(f"{path} is not a readable safetensors file ({exc}); make one with `evop-hub calibrate`") from None
+            raise EvopError(
+                f"{path} is not a readable safetensors file ({exc}); make one with `evop-hub calibrate`"
+            ) from None
         if raw is None or "input_ids" not in tensors:
             raise EvopError(f"{path} is not an evop-hub calibration file; make one with `evop-hub calibrate`")
         metadata = _metadata(path, raw)
@@ -120,8 +124,10 @@ class CalibrationSet:
         """Refuse ids the model cannot embed (a hand-edited file): they would fail deep inside its first layer."""
         high = int(self.input_ids.max())
         if high >= vocab_size:
-            raise EvopError(f"{where} holds token id {high}, but the model embeds only ids 0..{vocab_size - 1}; "
-                            "make one with `evop-hub calibrate` for this model")
+            raise EvopError(
+                f"{where} holds token id {high}, but the model embeds only ids 0..{vocab_size - 1}; "
+                "make one with `evop-hub calibrate` for this model"
+            )
 
     def summary(self) -> dict[str, Any]:
         """What the model card and ``evop_pruning.json`` keep: provenance, cluster sizes, snippets, top terms."""
@@ -148,7 +154,14 @@ class CalibrationSet:
         for j, info in enumerate(meta["clusters"]):
             mask = labels == j
             terms = ", ".join(info["top_terms"][:3])
-            ax.scatter(xy[mask, 0], xy[mask, 1], s=5, alpha=0.6, color=colours(j % colours.N), label=f"{j} ({info['size']}): {terms}")
+            ax.scatter(
+                xy[mask, 0],
+                xy[mask, 1],
+                s=5,
+                alpha=0.6,
+                color=colours(j % colours.N),
+                label=f"{j} ({info['size']}): {terms}",
+            )
         ax.legend(fontsize=7, markerscale=3, title="cluster (chunks): top terms", title_fontsize=7)
         title = f"{meta['corpus']}:{meta['split']}, {meta['chunks']} chunks of {meta['sentences_per_chunk']} sentences, k={meta['k']}"
         subtitle = f"embedder {meta['embedder']}; {meta['projection']} projection"

@@ -16,6 +16,7 @@ import torch
 
 from ..data import Corpus, load_corpus
 from ..errors import EvopError
+from ..files import cache_dir
 from ..models.loading import leading_bos
 from .calibration_set import FORMAT, VERSION, CalibrationSet, tokenizer_fingerprint
 from .ccds import DEFAULT_EMBEDDER, cluster, describe_clusters, embed_chunks, project_2d, split_chunks, topic_nmi
@@ -143,7 +144,6 @@ def ccds(corpus: Corpus, tokenizer: Any, config: CalibrationConfig) -> Drawn:
     """EvoP's Algorithm 4.1: cluster sentence chunks by meaning, then fill each sample with random
     chunks of one cluster. Chunks are drawn without replacement within a cluster, so no text repeats
     inside the calibration set (a repeat would let the model copy and flatter a pruning pattern)."""
-    from ..models.loading import cache_dir
 
     k, n, seq_len = config.clusters, config.samples_per_cluster, config.seq_len
     chunks = split_chunks(corpus.documents, config.sentences_per_chunk)
@@ -157,7 +157,10 @@ def ccds(corpus: Corpus, tokenizer: Any, config: CalibrationConfig) -> Drawn:
     _require_tokens(sum(map(len, chunk_ids)), corpus, config)
 
     embeddings = embed_chunks(
-        texts, config.embedder, cache_root=Path(config.cache_dir) if config.cache_dir else cache_dir(), batch_size=config.batch_size
+        texts,
+        config.embedder,
+        cache_root=Path(config.cache_dir) if config.cache_dir else cache_dir(),
+        batch_size=config.batch_size,
     )
     labels, centroids = cluster(embeddings, k, config.seed)
 
@@ -197,5 +200,8 @@ def ccds(corpus: Corpus, tokenizer: Any, config: CalibrationConfig) -> Drawn:
     }
     if any(t is not None for t in topics):
         details["nmi"] = topic_nmi(topics, labels, config.seed)
-    arrays = {"chunk_cluster": torch.from_numpy(labels), "chunk_xy": torch.from_numpy(project_2d(embeddings, config.seed))}
+    arrays = {
+        "chunk_cluster": torch.from_numpy(labels),
+        "chunk_xy": torch.from_numpy(project_2d(embeddings, config.seed)),
+    }
     return Drawn(torch.tensor(rows, dtype=torch.int64), samples, details, arrays)

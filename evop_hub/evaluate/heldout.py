@@ -16,25 +16,39 @@ import torch
 
 from ..data import load_corpus
 from ..models import input_device
-from ..search import SerialEvaluator
+from ..scoring import SerialEvaluator
 from .perplexity import make_windows, window_length
 
 
 class HeldOut:
     """Mean next-token NLL per held-out corpus of a model with some blocks skipped."""
 
-    def __init__(self, model: torch.nn.Module, windows: dict[str, torch.Tensor],
-                 info: dict[str, dict[str, Any]] | None = None, cache_bytes: int = 1 << 30):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        windows: dict[str, torch.Tensor],
+        info: dict[str, dict[str, Any]] | None = None,
+        cache_bytes: int = 1 << 30,
+    ):
         self.windows = windows
         self.info = info or {spec: {"windows": ids.shape[0], "seq_len": ids.shape[1]} for spec, ids in windows.items()}
         self.cache_bytes = cache_bytes
         device = input_device(model)
-        self.evaluators = {spec: SerialEvaluator(model, ids.to(device), cache_bytes=cache_bytes)
-                           for spec, ids in windows.items()}
+        self.evaluators = {
+            spec: SerialEvaluator(model, ids.to(device), cache_bytes=cache_bytes) for spec, ids in windows.items()
+        }
 
     @classmethod
-    def from_corpora(cls, model: torch.nn.Module, tokenizer: Any, specs: Iterable[str], seq_len: int | str,
-                     max_windows: int | None = None, data_dir: str | None = None, cache_bytes: int = 1 << 30) -> HeldOut:
+    def from_corpora(
+        cls,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        specs: Iterable[str],
+        seq_len: int | str,
+        max_windows: int | None = None,
+        data_dir: str | None = None,
+        cache_bytes: int = 1 << 30,
+    ) -> HeldOut:
         """The first ``max_windows`` windows (None: all) of ``seq_len`` tokens of each corpus spec."""
         windows, info = {}, {}
         length = window_length(model, seq_len)

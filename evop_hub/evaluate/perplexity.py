@@ -28,10 +28,11 @@ import torch
 
 from ..data import Corpus
 from ..errors import EvopError
-from ..models import BlockRunner, input_device, leading_bos, text_config
+from ..models import input_device, leading_bos, text_config
 from ..models.loading import dtype_name
 from ..progress import bar
 from ..record import PruningRecord
+from ..scoring import BlockRunner
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +130,9 @@ def perplexity(
         total += nll_sum.item()
         tokens += count
     nll = total / tokens
-    return PerplexityResult(corpus.name, corpus.split, corpus.form, seq_len, len(windows), tokens, nll, math.exp(nll),
-                            dtype_name(model))
+    return PerplexityResult(
+        corpus.name, corpus.split, corpus.form, seq_len, len(windows), tokens, nll, math.exp(nll), dtype_name(model)
+    )
 
 
 def record_perplexity(
@@ -147,7 +149,11 @@ def record_perplexity(
     for i, result in enumerate(results):
         key = f"{result.corpus}:{result.split}"
         old = table.get(key) if isinstance(table.get(key), dict) else {}
-        same = (old.get("seq_len"), old.get("form"), old.get("dtype", result.dtype)) == (result.seq_len, result.form, result.dtype)
+        same = (old.get("seq_len"), old.get("form"), old.get("dtype", result.dtype)) == (
+            result.seq_len,
+            result.form,
+            result.dtype,
+        )
         kept = {"dense": dense[i].ppl} if dense else {"dense": old["dense"]} if same and "dense" in old else {}
         table[key] = {**kept, "pruned": result.ppl, **result.to_dict()}
     record.save(directory)

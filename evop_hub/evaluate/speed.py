@@ -18,7 +18,7 @@ import inspect
 import re
 import statistics
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,91 +29,11 @@ from ..models import LoadConfig, count_parameters, find_blocks
 from ..models.loading import check_is_source, dtype_name
 from ..progress import bar
 from ..record import PruningRecord
-from ..report.provenance import cpu_name
+from ..record.provenance import cpu_name
+from ..record.results import ModelSpeed, SpeedConfig, SpeedResult
 from .tasks import open_model, out_of_memory, record_scores
 
 PROC_STATUS = Path("/proc/self/status")
-
-
-@dataclass
-class SpeedConfig:
-    """Workload of the comparison; both models get exactly the same one."""
-
-    batch_size: int = 1
-    prompt_len: int = 512
-    new_tokens: int = 128
-    warmup: int = 2
-    repeats: int = 5
-    seed: int = 0
-    device: str | None = None  # where to load models given as paths; in-memory models stay where they are
-    dtype: str = "auto"  # dtype for models given as paths ("auto": the pruned model's, for both)
-    trust_remote_code: bool = False  # models given as paths whose code lives in their repo (SliceGPT outputs)
-
-
-@dataclass
-class ModelSpeed:
-    """Medians over the repeats for one model, and the raw timings they come from."""
-
-    parameters: int
-    blocks: int
-    prefill_s: float
-    decode_s: float
-    latency_s: float  # prompt in, new_tokens out
-    prefill_tokens_per_s: float
-    decode_tokens_per_s: float
-    peak_memory_bytes: int | None  # weights + the largest growth during one repeat
-    runs: list[dict[str, float]] = field(default_factory=list)
-
-
-@dataclass
-class SpeedResult:
-    """Dense against pruned under one ``SpeedConfig``; speedups are dense time / pruned time."""
-
-    config: SpeedConfig
-    device: str
-    hardware: str
-    timer: str
-    memory_method: str
-    dense: ModelSpeed
-    pruned: ModelSpeed
-    speedup: dict[str, float]
-    parameters_removed: float
-    dtype: str | None = None  # both models' (records before it was recorded lack it)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SpeedResult:
-        """Back from ``scores["speed"]`` of a record, e.g. to render ``table()`` in the model card."""
-        nested = {"config": SpeedConfig(**data["config"]), "dense": ModelSpeed(**data["dense"]),
-                  "pruned": ModelSpeed(**data["pruned"])}
-        return cls(**{**data, **nested})
-
-    def table(self) -> str:
-        d, p = self.dense, self.pruned
-        mib = lambda b: "n/a" if b is None else f"{b / 2**20:.1f}"  # noqa: E731
-        rows = [
-            ("parameters", f"{d.parameters:,}", f"{p.parameters:,}", f"-{self.parameters_removed:.1%}"),
-            ("blocks", str(d.blocks), str(p.blocks), ""),
-            ("prefill tokens/s", f"{d.prefill_tokens_per_s:.1f}", f"{p.prefill_tokens_per_s:.1f}",
-             f"{self.speedup['prefill']:.3f}x"),
-            ("decode tokens/s", f"{d.decode_tokens_per_s:.1f}", f"{p.decode_tokens_per_s:.1f}",
-             f"{self.speedup['decode']:.3f}x"),
-            ("latency s", f"{d.latency_s:.3f}", f"{p.latency_s:.3f}", f"{self.speedup['latency']:.3f}x"),
-            ("peak memory MiB", mib(d.peak_memory_bytes), mib(p.peak_memory_bytes), ""),
-        ]
-        c = self.config
-        lines = ["| | dense | pruned | pruned vs dense |", "| --- | --- | --- | --- |"]
-        lines += [f"| {' | '.join(r)} |" for r in rows]
-        lines += [
-            "",
-            f"batch {c.batch_size}, prompt {c.prompt_len}, new tokens {c.new_tokens}"
-            f"{f', {self.dtype}' if self.dtype else ''}; "
-            f"median of {c.repeats} after {c.warmup} warm-up; {self.device} ({self.hardware})",
-            f"timer: {self.timer}; memory: {self.memory_method}",
-        ]
-        return "\n".join(lines)
 
 
 def _hardware(device: torch.device) -> str:
@@ -254,8 +174,10 @@ def speed(dense: Any, pruned: Any, config: SpeedConfig | None = None) -> SpeedRe
     if isinstance(target, Path):  # the record will say "dense source against this model": it must be that source
         check_is_source(PruningRecord.load(target), dense_model, str(dense))
     if dense_model.dtype != pruned_model.dtype:
-        raise EvopError(f"the dense model is {dense_model.dtype}, the pruned one {pruned_model.dtype}; "
-                        "time them at one dtype (cast one, or pass both as paths with --dtype)")
+        raise EvopError(
+            f"the dense model is {dense_model.dtype}, the pruned one {pruned_model.dtype}; "
+            "time them at one dtype (cast one, or pass both as paths with --dtype)"
+        )
     models = {"dense": dense_model, "pruned": pruned_model}
     for model in models.values():
         _check_context(c, model)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +19,12 @@ import torch
 from ..errors import EvopError
 from ..models import LoadConfig, LoadedModel, load
 from ..record import RECORD_NAME, PruningRecord
+from ..record.results import PAPER_TASKS, TABLE_METRICS, TasksResult
 
 
 class TasksUnavailable(EvopError):
     """The harness or the tasks' data cannot be had: the same for every model, so a report of many
     models says so once instead of failing each one (a failure while scoring a model is not this)."""
-
-
-# The five zero-shot tasks of the EvoP paper's tables.
-PAPER_TASKS = ("arc_easy", "arc_challenge", "hellaswag", "piqa", "winogrande")
-TABLE_METRICS = ("acc", "acc_norm")
 
 
 @dataclass
@@ -43,54 +39,13 @@ class TasksConfig:
     load: LoadConfig | None = None  # how to load a model given as a path; in-memory models stay as they are
 
 
-@dataclass
-class TasksResult:
-    """Per-task harness metrics and their unweighted mean over tasks.
-
-    A group name (``mmlu``) runs as its subtasks, each a row here; the mean is over rows,
-    not the harness's size-weighted group score.
-    """
-
-    scores: dict[str, dict[str, float | None]]  # task -> {"acc": .., "acc_stderr": .., "acc_norm": .., ...}
-    samples: dict[str, int]  # task -> examples evaluated
-    mean: dict[str, float | None]
-    num_fewshot: int
-    limit: int | None
-    lm_eval_version: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TasksResult:
-        """Back from ``scores["tasks"]`` of a record, e.g. to render ``table()`` in the model card."""
-        return cls(**data)
-
-    def table(self) -> str:
-        """Markdown table: one row per task, then the mean (stderr of a mean assumes independent tasks)."""
-        head = ["task", "n", *[c for m in TABLE_METRICS for c in (m, "±")]]
-        rows = [head, ["---"] * len(head)]
-        for name, metrics in [*self.scores.items(), ("mean", self.mean)]:
-            n = str(self.samples[name]) if name in self.samples else ""
-            cells = [_fmt(metrics.get(c if c != "±" else f"{m}_stderr")) for m in TABLE_METRICS for c in (m, "±")]
-            rows.append([name, n, *cells])
-        lines = ["| " + " | ".join(r) + " |" for r in rows]
-        return "\n".join([*lines, "", f"{self.num_fewshot}-shot, lm-eval {self.lm_eval_version}"])
-
-
-def _fmt(value: float | None) -> str:
-    return "" if value is None else f"{value:.4f}"
-
-
 def _lm_eval():
     try:
         import lm_eval
         from lm_eval.models.huggingface import HFLM
         from lm_eval.tasks import TaskManager
     except ImportError as exc:
-        raise TasksUnavailable(
-            "downstream tasks need lm-evaluation-harness: pip install 'evop-hub[eval]'"
-        ) from exc
+        raise TasksUnavailable("downstream tasks need lm-evaluation-harness: pip install 'evop-hub[eval]'") from exc
     return lm_eval, HFLM, TaskManager
 
 

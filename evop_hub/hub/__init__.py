@@ -1,6 +1,7 @@
-"""Publishing: the model card, the Hub push and the demo Space."""
+"""Publishing: the Hub push and the demo Space (the card is rendered by evop_hub.card)."""
 
-from .card import render, write_card
+from ..card import render
+from ..models.card_files import write_card
 from .push import PushConfig, PushResult, check_push, push
 from .space import build_local_demo, serve
 

@@ -14,11 +14,14 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from huggingface_hub import is_offline_mode
+from huggingface_hub import constants, is_offline_mode
 
+from ..card import default_repo_name, render
 from ..errors import EvopError
-from ..record import RECORD_NAME, STATE_DIR
-from .card import base_license_files, check_output_dir, default_repo_name, present_license_files, render
+from ..models.card_files import base_license_files, present_license_files
+from ..models.saving import previous_save
+from ..record import RECORD_NAME, STATE_DIR, check_output_dir
+from .space import FREE_HARDWARE, space_files
 
 # Never published: run state and partial writes; README.md is rendered for the target repo instead.
 # huggingface_hub's DEFAULT_IGNORE_PATTERNS (.git, caches) are added on top.
@@ -48,9 +51,52 @@ class PushResult:
     warnings: list[str] = field(default_factory=list)
     left_out: list[str] = field(default_factory=list)  # entries of the output directory evop-hub did not write
     dry_run: bool = False
-    url: str | None = None
+    url: str | None = None  # where the model goes (a dry run's too); after a push, as the Hub answered
     commit: str | None = None
     space_url: str | None = None
+    private: bool = True  # the model repo's visibility, and the Space's
+    space_hardware: str = FREE_HARDWARE
+    sizes: dict[str, int] = field(default_factory=dict)  # bytes of each of ``files``
+    space_sizes: dict[str, int] = field(default_factory=dict)  # bytes of each of ``space_files``
+
+    def listing(self) -> str:
+        """What a dry run would send, and where: each repo's URL and visibility, the Space's hardware, each
+        file's size and the totals, so a user sees a 13B model's 26 GB upload or a public repo before it goes."""
+        visibility = "private" if self.private else "public"
+        lines = [
+            f"dry run: would upload {_files(self.sizes)} to the {visibility} model repo {self.repo_id}",
+            f"  {self.url}",
+            *_rows(self.sizes),
+        ]
+        if self.space_repo_id:
+            hardware = f"{self.space_hardware}{' (free)' if self.space_hardware == FREE_HARDWARE else ''}"
+            lines += [
+                f"and {_files(self.space_sizes)} to the {visibility} Space {self.space_repo_id}, hardware {hardware}",
+                f"  {self.space_url}",
+                *_rows(self.space_sizes),
+            ]
+        return "\n".join(lines)
+
+
+def human_size(size: int) -> str:
+    """Bytes in the Hub's units (decimal: 1 MB = 10^6 bytes)."""
+    exponent = min(len(str(size)) - 1, 9) // 3  # 0 for B, 1 for kB, ... 3 for GB
+    return f"{size} B" if exponent == 0 else f"{size / 1000**exponent:.1f} {('kB', 'MB', 'GB')[exponent - 1]}"
+
+
+def _files(sizes: dict[str, int]) -> str:
+    return f"{len(sizes)} files ({human_size(sum(sizes.values()))})"
+
+
+def _rows(sizes: dict[str, int]) -> list[str]:
+    width = max(map(len, sizes), default=0)
+    return [f"    {name:<{width}}  {human_size(size):>8}" for name, size in sorted(sizes.items())]
+
+
+def repo_url(repo_id: str, revision: str | None = None, space: bool = False) -> str:
+    """The page of ``repo_id`` on the Hub this client talks to (HF_ENDPOINT), on ``revision`` when not main."""
+    url = f"{constants.ENDPOINT}/{'spaces/' if space else ''}{repo_id}"
+    return f"{url}/tree/{revision}" if revision and revision != "main" else url
 
 
 def upload_files(output_dir: Path) -> tuple[list[str], list[str]]:
@@ -59,8 +105,6 @@ def upload_files(output_dir: Path) -> tuple[list[str], list[str]]:
     license files `card` copies. A user's own files there (.env, notes, a clone's .git) stay local; README.md is
     rendered separately."""
     from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
-
-    from ..models.saving import previous_save
 
     root = output_dir.resolve()
     ours = previous_save(root) | {"config.json", RECORD_NAME, "README.md", *present_license_files(root)}
@@ -73,7 +117,9 @@ def upload_files(output_dir: Path) -> tuple[list[str], list[str]]:
             if rel.split("/")[0] not in ours:
                 continue
             if not path.resolve().is_relative_to(root):
-                raise EvopError(f"{output_dir}/{rel} links outside the output directory; replace it with a copy, then push")
+                raise EvopError(
+                    f"{output_dir}/{rel} links outside the output directory; replace it with a copy, then push"
+                )
             if path.is_file():
                 found.append(rel)
     return sorted(filter_repo_objects(found, ignore_patterns=IGNORE_PATTERNS + DEFAULT_IGNORE_PATTERNS)), left_out
@@ -203,8 +249,6 @@ def push(output_dir: str | Path, config: PushConfig | None = None) -> PushResult
 
     space = None
     if config.space:
-        from .space import space_files
-
         space = space_files(
             output_dir,
             record,
@@ -215,6 +259,8 @@ def push(output_dir: str | Path, config: PushConfig | None = None) -> PushResult
             hardware=config.space_hardware,
         )
         warnings += space.warnings
+    sizes = {rel: (output_dir / rel).stat().st_size for rel in files}
+    sizes |= {name: path.stat().st_size for name, path in extra.items()} | {"README.md": len(card)}
     result = PushResult(
         repo_id=repo_id,
         files=model_files,
@@ -223,6 +269,12 @@ def push(output_dir: str | Path, config: PushConfig | None = None) -> PushResult
         warnings=warnings,
         left_out=left_out,
         dry_run=config.dry_run,
+        url=repo_url(repo_id, config.revision),
+        space_url=repo_url(repo_id, space=True) if space else None,
+        private=config.private,
+        space_hardware=config.space_hardware or FREE_HARDWARE,
+        sizes=sizes,
+        space_sizes={name: len(data) for name, data in space.files.items()} if space else {},
     )
     if config.dry_run:
         return result
@@ -230,7 +282,10 @@ def push(output_dir: str | Path, config: PushConfig | None = None) -> PushResult
     operations = [CommitOperationAdd(rel, str(output_dir / rel)) for rel in files]
     operations += [CommitOperationAdd(name, str(path)) for name, path in extra.items()]
     operations.append(CommitOperationAdd("README.md", card))
-    message = config.commit_message or f"evop-hub: {record.source_hub_id or record.source_model} with {len(record.kept_blocks)} of {record.num_blocks} blocks"
+    message = (
+        config.commit_message
+        or f"evop-hub: {record.source_hub_id or record.source_model} with {len(record.kept_blocks)} of {record.num_blocks} blocks"
+    )
     with hub_errors(f"create {repo_id}", repo_id, token):
         url = api.create_repo(repo_id, private=config.private, exist_ok=True)
     if config.revision and config.revision != "main":

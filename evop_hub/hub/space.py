@@ -15,9 +15,10 @@ from pathlib import Path
 
 from huggingface_hub import SpaceCard, SpaceCardData
 
+from ..card.card import license_link
 from ..errors import EvopError
-from ..record import PruningRecord
-from .card import license_link
+from ..models.loading import OFFLINE_MODELS, convert_gguf, locate_offline_model
+from ..record import PruningRecord, check_output_dir
 
 SPACE_DIR = Path(__file__).resolve().parents[2] / "spaces"  # a source checkout
 INSTALLED_SPACE_DIR = Path(sys.prefix) / "share" / "evop-hub" / "spaces"  # pyproject's data-files
@@ -91,8 +92,10 @@ def space_files(
     if base is None:
         notes.append("the base model is not on the Hub, so the Space serves the pruned model alone.")
     elif record.source_format.startswith("gguf"):
-        notes.append(f"the pruned model was dequantized from a {record.source_format.removeprefix('gguf:')} GGUF file, "
-                     f"while {base} is served in full precision: part of the difference between them is quantization.")
+        notes.append(
+            f"the pruned model was dequantized from a {record.source_format.removeprefix('gguf:')} GGUF file, "
+            f"while {base} is served in full precision: part of the difference between them is quantization."
+        )
     need = memory_gb(output_dir, record)
     if need is not None and need > FREE_MEMORY_GB and hardware in (None, FREE_HARDWARE):
         text = (
@@ -120,7 +123,8 @@ def space_files(
         data,
         template_str=(source / "README.md").read_text(),
         model=repo_id,
-        model_url=f"https://huggingface.co/{repo_id}" + (f"/tree/{revision}" if revision and revision != "main" else ""),
+        model_url=f"https://huggingface.co/{repo_id}"
+        + (f"/tree/{revision}" if revision and revision != "main" else ""),
         base=base,
         pruning=_pruning(record),
         notes=notes,
@@ -143,7 +147,9 @@ def _pruning(record: PruningRecord) -> str:
     """What was removed, as the README's sentence says it: blocks, or for a width baseline its unit."""
     if record.sparsity_unit == "blocks":
         return f"removing {len(record.dropped_blocks)} of the {record.num_blocks} transformer blocks of"
-    share = f"{record.sparsity:.0%} of the {record.sparsity_unit}" if record.sparsity is not None else record.sparsity_unit
+    share = (
+        f"{record.sparsity:.0%} of the {record.sparsity_unit}" if record.sparsity is not None else record.sparsity_unit
+    )
     return f"pruning {share} ({record.method}, every block kept) of"
 
 
@@ -161,8 +167,6 @@ def local_base(record: PruningRecord, output_dir: Path) -> str | None:
     if source.is_dir():
         return str(source)
     if (record.source_format or "").startswith("gguf"):
-        from ..models.loading import OFFLINE_MODELS, convert_gguf, locate_offline_model
-
         if record.source_model in OFFLINE_MODELS:
             return str(convert_gguf(locate_offline_model(record.source_model)))
         if source.suffix == ".gguf" and source.is_file():
@@ -182,17 +186,19 @@ def runs_code(output_dir: Path, record: PruningRecord) -> bool:
     return record.method == "slicegpt"
 
 
-def build_local_demo(output_dir: str | Path, base: str | None = None, with_base: bool = True,
-                     trust_remote_code: bool = False):
+def build_local_demo(
+    output_dir: str | Path, base: str | None = None, with_base: bool = True, trust_remote_code: bool = False
+):
     """The Space's Gradio app for a local output directory (nothing is uploaded). Code shipped in the directory
     runs only with ``trust_remote_code``: the folder may come from anyone, and its own files cannot vouch for it."""
-    from .card import check_output_dir
 
     output_dir = Path(output_dir)
     record = check_output_dir(output_dir)
     if not trust_remote_code and runs_code(output_dir, record):
-        raise EvopError(f"{output_dir} holds model code (modeling_*.py) that loading it would run; pass "
-                        "--trust-remote-code if you trust that code")
+        raise EvopError(
+            f"{output_dir} holds model code (modeling_*.py) that loading it would run; pass "
+            "--trust-remote-code if you trust that code"
+        )
     base = (base or local_base(record, output_dir)) if with_base else None
     if not any(output_dir.glob("*.safetensors")):
         raise EvopError(f"{output_dir} holds no weights (*.safetensors); is the directory complete?")
@@ -205,8 +211,13 @@ def build_local_demo(output_dir: str | Path, base: str | None = None, with_base:
         ) from exc
 
 
-def serve(output_dir: str | Path, port: int = 7860, base: str | None = None, with_base: bool = True,
-          trust_remote_code: bool = False) -> None:
+def serve(
+    output_dir: str | Path,
+    port: int = 7860,
+    base: str | None = None,
+    with_base: bool = True,
+    trust_remote_code: bool = False,
+) -> None:
     """`evop-hub space DIR`: the same app on 127.0.0.1 only, blocking until interrupted."""
     demo = build_local_demo(output_dir, base=base, with_base=with_base, trust_remote_code=trust_remote_code)
     try:

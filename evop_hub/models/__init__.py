@@ -1,7 +1,7 @@
-"""Models: loading (Hub, local, GGUF, offline default), architecture adapters, block surgery,
-the block runner the search uses, and saving a standard checkpoint."""
+"""Models: loading (Hub, local, GGUF, offline default), architecture adapters, block surgery
+and saving a standard checkpoint."""
 
-from .adapters import block_path, check_prunable, find_blocks, num_layers, text_config
+from .adapters import block_path, check_prunable, find_blocks, input_device, num_layers, text_config
 from .loading import (
     DEFAULT_MODEL,
     OFFLINE_MODELS,
@@ -15,15 +15,12 @@ from .loading import (
     load_tokenizer,
     parse_max_memory,
 )
-from .runner import BlockContext, BlockRunner, input_device
 from .saving import prepare_output, save, state_dir
 from .surgery import drop, drop_blocks, parse_layers, validate_drop
 
 __all__ = [
     "DEFAULT_MODEL",
     "OFFLINE_MODELS",
-    "BlockContext",
-    "BlockRunner",
     "LoadConfig",
     "LoadedModel",
     "SourceInfo",

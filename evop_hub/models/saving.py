@@ -10,6 +10,7 @@ locked from ``prepare_output`` to the end of ``save``.
 
 from __future__ import annotations
 
+import copy
 import glob
 import json
 import logging
@@ -20,11 +21,13 @@ from contextlib import contextmanager
 from fnmatch import fnmatchcase
 from pathlib import Path
 
+import torch
+
 from ..errors import EvopError
 from ..files import atomic_path, hold_output, release_output, temp_dir
-from ..hub.card import write_card
 from ..record import RECORD_NAME, STATE_DIR
-from .loading import LoadedModel
+from .card_files import write_card
+from .loading import LoadedModel, dtype_name
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +36,21 @@ MANIFEST = "published.json"  # in DIR/.evop: the files the last save wrote
 # Without the last save's file list (a clone or download of a pushed model: .evop is never published), only these
 # and what the new save writes are taken for evop-hub's; everything else there is the user's and stays.
 CHECKPOINT_FILES = (
-    "generation_config.json", "model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json",
-    "modeling_slicegpt.py", "tokenizer*", "special_tokens_map.json", "added_tokens.json", "vocab.json",
-    "merges.txt", "chat_template.*",
+    "generation_config.json",
+    "model.safetensors",
+    "model-*-of-*.safetensors",
+    "model.safetensors.index.json",
+    "modeling_slicegpt.py",
+    "tokenizer*",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.*",
 )
+# Config keys that name something other than the published model: transformers' GGUF reader maps the file's
+# internal `general.name` ("Smollm2 135M 8k Lc100K Mix1 Ep2") to this one.
+STALE_CONFIG_KEYS = ("_model_name_or_path",)
 # Outputs whose previous run state an --overwrite run discards once every check has passed (see prepare_output).
 _stale_state: set[Path] = set()
 
@@ -103,13 +117,16 @@ def _vet_existing(path: Path, *, overwrite: bool, resume: bool) -> bool:
     if resume and has_run(path):
         return False
     if resume and not overwrite:  # a mistyped --output must not quietly start hours of work from scratch
-        raise EvopError(f"{path} holds no run to resume (no {STATE_DIR}/); drop --resume to start one, "
-                        "or check --output")
+        raise EvopError(
+            f"{path} holds no run to resume (no {STATE_DIR}/); drop --resume to start one, or check --output"
+        )
     if not (path.is_dir() and any(path.iterdir())):
         return False
     if not ((path / RECORD_NAME).is_file() or (path / STATE_DIR).is_dir()):
-        raise EvopError(f"{path} holds files evop-hub did not write; choose a new or empty --output "
-                        "(--overwrite replaces only an evop-hub output)")
+        raise EvopError(
+            f"{path} holds files evop-hub did not write; choose a new or empty --output "
+            "(--overwrite replaces only an evop-hub output)"
+        )
     if not overwrite:
         hint = " (or --resume to continue its run)" if has_run(path) else ""
         raise EvopError(f"output directory {path} already exists; pass --overwrite to replace it{hint}")
@@ -208,10 +225,11 @@ def _write(loaded: LoadedModel, output: Path) -> None:
     """Write the checkpoint beside ``output`` and move it into place once complete (see ``_swap_in``)."""
     tmp = temp_dir(output.parent, f".{output.name}.tmp-")
     try:
-        loaded.model.save_pretrained(tmp)
+        loaded.record.dtype = _save_weights(loaded.model, tmp, loaded.dtype)
         loaded.tokenizer.save_pretrained(tmp)
         loaded.record.save(tmp)
         write_card(tmp)
+        _same_mode(tmp)
         written = sorted(p.name for p in tmp.iterdir())
         if output.exists():
             _swap_in(tmp, output)
@@ -225,22 +243,69 @@ def _write(loaded: LoadedModel, output: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _save_weights(model: torch.nn.Module, directory: Path, dtype: str | None) -> str:
+    """``save_pretrained`` in ``dtype`` (None: the weights' own); returns the dtype written.
+
+    The model in memory is left as it is: only the saved copy is cast, each tensor once, so tied weights stay
+    tied. Offloaded weights (on the meta device) cannot be cast here; they are saved as loaded, with a
+    warning. The config names the dtype written, and none of STALE_CONFIG_KEYS."""
+    for key in STALE_CONFIG_KEYS:
+        vars(model.config).pop(key, None)
+    loaded_as = dtype_name(model)
+    if dtype is not None and dtype != loaded_as and any(p.device.type == "meta" for p in model.parameters()):
+        log.warning("offloaded weights are saved as loaded (%s); pass --dtype %s to load them so", loaded_as, dtype)
+        dtype = None
+    if dtype is None or dtype == loaded_as:
+        model.save_pretrained(directory)
+        return loaded_as
+    target, cast = getattr(torch, dtype), {}
+    state = {}
+    for name, tensor in model.state_dict().items():
+        key = (tensor.data_ptr(), tensor.dtype, tensor.shape)  # tied weights share one storage: cast once
+        if key not in cast:
+            cast[key] = tensor.to(target) if tensor.is_floating_point() else tensor
+        state[name] = cast[key]
+    model.save_pretrained(directory, state_dict=state)
+    config = copy.copy(model.config)  # save_pretrained wrote the dtype of the weights in memory
+    config.dtype = dtype
+    config.save_pretrained(directory)
+    return dtype
+
+
+def _same_mode(directory: Path) -> None:
+    """Give every file of the output the mode a new file gets under the user's umask: safetensors writes the
+    weights 0600, every other writer 0644, and a published directory with one file unreadable to the group is
+    a surprise on a shared machine."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in directory.iterdir():
+        if path.is_file():
+            path.chmod(0o666 & ~umask)
+
+
 def _carried(old: Path, new: Path) -> list[str]:
     """What of ``old`` stays in the new output: its run state, and whatever neither the new save nor the previous
     one wrote (the user's own files: notes, a clone's .git). The previous save's files are listed in its run
     state; without that list (a clone or download of a pushed model) they are the CHECKPOINT_FILES there."""
     written = {p.name for p in new.iterdir()}
     previous = previous_save(old)
-    return sorted(p.name for p in old.iterdir()
-                  if p.name == STATE_DIR or (p.name not in written and p.name not in previous))
+    return sorted(
+        p.name for p in old.iterdir() if p.name == STATE_DIR or (p.name not in written and p.name not in previous)
+    )
 
 
 def previous_save(output: Path) -> set[str]:
-    """The files the last save wrote into ``output``: its manifest, or those named like CHECKPOINT_FILES."""
+    """The files the last save wrote into ``output``: its manifest, or those named like CHECKPOINT_FILES.
+
+    A manifest that is not a list of plain file names, or that names a hidden one (a save writes none), is
+    damaged or edited: trusted, it would let `push` upload a `.env` and `--overwrite` delete a `.git`."""
     try:
-        return set(json.loads((output / STATE_DIR / MANIFEST).read_text()))
-    except (OSError, ValueError, TypeError):  # none (or unreadable): only what is surely a checkpoint's
-        return {p.name for p in output.iterdir() if any(fnmatchcase(p.name, name) for name in CHECKPOINT_FILES)}
+        names = json.loads((output / STATE_DIR / MANIFEST).read_text())
+        if isinstance(names, list) and all(isinstance(n, str) and n and "/" not in n and n[0] != "." for n in names):
+            return set(names)
+    except (OSError, ValueError):  # none (or unreadable)
+        pass
+    return {p.name for p in output.iterdir() if any(fnmatchcase(p.name, name) for name in CHECKPOINT_FILES)}
 
 
 def _swap_in(new: Path, output: Path) -> None:

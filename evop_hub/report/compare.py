@@ -30,25 +30,33 @@ import logging
 import math
 import shutil
 import time
-import tomllib
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from types import UnionType
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
+import tomllib
+
+from ..baselines import BASELINES, calibration_loss
+from ..calibration import CalibrationConfig, calibrate
 from ..errors import EvopError
+from ..evaluate.heldout import HeldOut
+from ..evaluate.speed import SpeedConfig, speed
+from ..evaluate.tasks import TasksConfig, TasksUnavailable, tasks
 from ..files import atomic_path
-from ..models import count_parameters, find_blocks, input_device
+from ..models import LoadConfig, LoadedModel, count_parameters, find_blocks, input_device, load
+from ..models.surgery import drop, drop_blocks
 from ..progress import bar
-from ..search import METHODS, PAPER_SEARCH, SearchConfig, num_drop
+from ..record.provenance import hardware, versions
+from ..record.results import PAPER_TASKS
+from ..search import METHODS, PAPER_SEARCH, SearchConfig, evaluator_for, num_drop, run_search
 from .layout import CELLS_DIR, FIG1A, FIG1C, FORMAT, REPORT, RESULTS, VERSION, cluster_sparsity, own_sampler
 from .tables import write_report
 
 log = logging.getLogger(__name__)
 
 OWNED = (CELLS_DIR, RESULTS, REPORT, FIG1A, FIG1C)  # what --overwrite may delete in REPORT_DIR, nothing else
-PAPER_TASKS = ("arc_easy", "arc_challenge", "hellaswag", "piqa", "winogrande")  # as evaluate.tasks, without importing lm-eval
 
 
 @dataclass
@@ -56,7 +64,9 @@ class CompareConfig:
     """Everything `evop-hub compare` runs, as data; loadable from TOML (field names as keys, ``[search]`` a table)."""
 
     sparsities: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3])  # each method's own unit (see report)
-    methods: list[str] = field(default_factory=lambda: ["evop", "sleb", "shortgpt", "angular", "random", "wanda", "slicegpt"])
+    methods: list[str] = field(
+        default_factory=lambda: ["evop", "sleb", "shortgpt", "angular", "random", "wanda", "slicegpt"]
+    )
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # calibration and search seed of each cell
     calibration: str = "wikitext2:valid"  # one calibration corpus (NAME[:SPLIT] or a local file)
     eval: list[str] = field(default_factory=lambda: ["wikitext2:test", "wiki-leads:test", "pydoc:test"])
@@ -92,12 +102,12 @@ class CompareConfig:
 
     def check(self) -> None:
         """Refuse bad settings before anything loads, in one line each."""
-        from ..baselines import BASELINES
-
         known = [*METHODS, *BASELINES]
         for name in [*self.methods, *self.fig1c_methods]:
             if name not in known:
-                raise EvopError(f"unknown method {name!r}; choose from {', '.join(known)} (dense is always the reference)")
+                raise EvopError(
+                    f"unknown method {name!r}; choose from {', '.join(known)} (dense is always the reference)"
+                )
         for name in self.fig1c_methods:
             if name in BASELINES:
                 raise EvopError(f"fig1c_methods must be block searches; {name} prunes widths")
@@ -143,8 +153,10 @@ class CompareConfig:
             data = tomllib.loads(path.read_text())
         except FileNotFoundError:
             raise EvopError(f"config file {path} not found") from None
-        except tomllib.TOMLDecodeError as exc:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise EvopError(f"{path} is not valid TOML ({exc})") from None
+        except OSError as exc:  # a directory, a file that may not be read
+            raise EvopError(f"cannot read config file {path} ({exc.strerror or exc})") from None
         return cls.from_dict(data, base)
 
     def to_toml(self) -> str:
@@ -179,8 +191,18 @@ class CompareConfig:
         """What a cell's numbers depend on besides its own key; resuming with another value is refused."""
         data = asdict(self)
         # Not in it: which cells to run, and settings that change no number (where the data lies, cache memory).
-        for name in ("sparsities", "methods", "seeds", "ablations", "fig1a", "fig1c", "fig1c_methods", "fig1c_sparsity",
-                     "data_dir", "cache_gib"):
+        for name in (
+            "sparsities",
+            "methods",
+            "seeds",
+            "ablations",
+            "fig1a",
+            "fig1c",
+            "fig1c_methods",
+            "fig1c_sparsity",
+            "data_dir",
+            "cache_gib",
+        ):
             data.pop(name)
         return hashlib.sha256(json.dumps([model, data], sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -229,10 +251,21 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cpu": {
         # First 12 of the model's blocks, short calibration samples and windows, a small search, 2 seeds:
         # it checks the machinery and shows the tables' shape; the numbers say nothing about the full model.
-        "blocks": 12, "seeds": [0, 1], "calibration": "wiki-leads:valid", "samples": 5, "seq_len": 32,
-        "eval_seq_len": 64, "eval_windows": 2, "methods": ["evop", "sleb", "shortgpt", "wanda", "slicegpt"],
-        "search": {"population": 8, "generations": 4, "patience": 2, "local_search": False}, "exhaustive_limit": 100,
-        "tasks": [], "speed_prompt_len": 64, "speed_new_tokens": 8, "speed_repeats": 2, "speed_warmup": 1,
+        "blocks": 12,
+        "seeds": [0, 1],
+        "calibration": "wiki-leads:valid",
+        "samples": 5,
+        "seq_len": 32,
+        "eval_seq_len": 64,
+        "eval_windows": 2,
+        "methods": ["evop", "sleb", "shortgpt", "wanda", "slicegpt"],
+        "search": {"population": 8, "generations": 4, "patience": 2, "local_search": False},
+        "exhaustive_limit": 100,
+        "tasks": [],
+        "speed_prompt_len": 64,
+        "speed_new_tokens": 8,
+        "speed_repeats": 2,
+        "speed_warmup": 1,
     },
 }
 
@@ -262,28 +295,35 @@ class CellKey:
 
 def plan(config: CompareConfig, num_blocks: int) -> list[CellKey]:
     """Every cell, without repeats, grouped by calibration set so one evaluator is alive at a time."""
-    from ..baselines import BASELINES
-
     if "exhaustive" in config.methods:
         limit = config.method_exhaustive_limit
         for s in config.sparsities:
             if (count := math.comb(num_blocks, num_drop(num_blocks, s))) > limit:
-                raise EvopError(f"method exhaustive at sparsity {s} would evaluate C({num_blocks},{num_drop(num_blocks, s)}) "
-                                f"= {count:,} patterns, over exhaustive_limit = {limit:,}; raise exhaustive_limit in the "
-                                "config file or leave exhaustive out of methods")
+                raise EvopError(
+                    f"method exhaustive at sparsity {s} would evaluate C({num_blocks},{num_drop(num_blocks, s)}) "
+                    f"= {count:,} patterns, over exhaustive_limit = {limit:,}; raise exhaustive_limit in the "
+                    "config file or leave exhaustive out of methods"
+                )
     keys: list[CellKey] = [CellKey("dense")]
     for seed in config.seeds:
         for s in config.sparsities:
             keys += [CellKey(m, config.own_sampler(m), s, seed) for m in config.methods]
             if config.ablations:
-                keys += [CellKey("evop", "ccds", s, seed), CellKey("evop", "random", s, seed), CellKey("sleb", "ccds", s, seed)]
+                keys += [
+                    CellKey("evop", "ccds", s, seed),
+                    CellKey("evop", "random", s, seed),
+                    CellKey("sleb", "ccds", s, seed),
+                ]
             if config.fig1a:
                 keys += [CellKey("evop", "ccds", s, seed), CellKey("sleb", "ccds", s, seed)]
                 if math.comb(num_blocks, num_drop(num_blocks, s)) <= config.exhaustive_limit:
                     keys.append(CellKey("exhaustive", "ccds", s, seed))
         if config.fig1c:
-            keys += [CellKey(m, "ccds", config.cluster_sparsity, seed, c)
-                     for c in range(config.samples) for m in config.fig1c_methods]
+            keys += [
+                CellKey(m, "ccds", config.cluster_sparsity, seed, c)
+                for c in range(config.samples)
+                for m in config.fig1c_methods
+            ]
     unique = list(dict.fromkeys(keys))
     order = {k: i for i, k in enumerate(unique)}
     calibration = lambda k: (k.seed is not None, k.seed or 0, k.sampler or "", -1 if k.cluster is None else k.cluster)  # noqa: E731
@@ -303,12 +343,11 @@ class Workspace:
     @property
     def loaded(self):
         if self._loaded is None:
-            from ..models import LoadConfig, LoadedModel, load
-            from ..models.surgery import drop
-
             c = self.config
             device = _usable_device(c.device)  # checked here: a report from finished cells needs no device
-            loaded = self.source if isinstance(self.source, LoadedModel) else load(self.source, LoadConfig(dtype=c.dtype))
+            loaded = (
+                self.source if isinstance(self.source, LoadedModel) else load(self.source, LoadConfig(dtype=c.dtype))
+            )
             loaded.model.to(device)
             total = loaded.record.num_blocks - len(loaded.record.dropped_blocks)
             if c.blocks is not None and c.blocks < total:
@@ -319,29 +358,44 @@ class Workspace:
     @property
     def heldout(self):
         if self._heldout is None:
-            from ..evaluate.heldout import HeldOut
-
             c = self.config
-            self._heldout = HeldOut.from_corpora(self.loaded.model, self.loaded.tokenizer, c.eval, c.eval_seq_len,
-                                                 c.eval_windows, c.data_dir, int(c.cache_gib * (1 << 30)))
+            self._heldout = HeldOut.from_corpora(
+                self.loaded.model,
+                self.loaded.tokenizer,
+                c.eval,
+                c.eval_seq_len,
+                c.eval_windows,
+                c.data_dir,
+                int(c.cache_gib * (1 << 30)),
+            )
         return self._heldout
 
     def evaluator(self, key: CellKey):
         """The calibration set of ``key`` and its SerialEvaluator, shared by every cell on that set."""
-        from ..calibration import CalibrationConfig, calibrate
-        from ..search import evaluator_for
-
         ident = (key.sampler, key.seed, key.cluster)
         if ident != self._evaluator_key:
             c = self.config
             extra = {"embedder": c.embedder} if c.embedder else {}
-            cal_config = CalibrationConfig(sampler=key.sampler, clusters=c.samples, samples_per_cluster=1, seq_len=c.seq_len,
-                                           seed=key.seed, data_dir=c.data_dir, cluster=key.cluster, **extra)
+            cal_config = CalibrationConfig(
+                sampler=key.sampler,
+                clusters=c.samples,
+                samples_per_cluster=1,
+                seq_len=c.seq_len,
+                seed=key.seed,
+                data_dir=c.data_dir,
+                cluster=key.cluster,
+                **extra,
+            )
             self._evaluator = None  # free the previous set's prefix cache first
             self._calibration = calibrate(c.calibration, self.loaded.tokenizer, cal_config)
             ids = self._calibration.input_ids.to(input_device(self.loaded.model))
-            self._evaluator = evaluator_for(self.loaded.model, ids, c.search_config(),
-                                            batch_size=c.batch_size, cache_bytes=int(c.cache_gib * (1 << 30)))
+            self._evaluator = evaluator_for(
+                self.loaded.model,
+                ids,
+                c.search_config(),
+                batch_size=c.batch_size,
+                cache_bytes=int(c.cache_gib * (1 << 30)),
+            )
             self._evaluator_key = ident
         return self._calibration, self._evaluator
 
@@ -355,10 +409,13 @@ def _extras(ws: Workspace, key: CellKey, pruned) -> dict[str, Any]:
     c, out = ws.config, {}
     main = key.cluster is None and key.sampler == c.own_sampler(key.method)
     if c.speed and main and key.seed == c.seeds[0]:
-        from ..evaluate.speed import SpeedConfig, speed
-
-        config = SpeedConfig(prompt_len=c.speed_prompt_len, new_tokens=c.speed_new_tokens, warmup=c.speed_warmup,
-                             repeats=c.speed_repeats, dtype=c.dtype)
+        config = SpeedConfig(
+            prompt_len=c.speed_prompt_len,
+            new_tokens=c.speed_new_tokens,
+            warmup=c.speed_warmup,
+            repeats=c.speed_repeats,
+            dtype=c.dtype,
+        )
         out["speed"] = speed(ws.loaded.model, pruned, config).to_dict()
     if c.tasks and main:
         out["tasks"] = _tasks(ws, pruned)
@@ -370,10 +427,11 @@ def _tasks(ws: Workspace, model) -> dict[str, Any]:
     stops the report and is tried once. Any other failure is this model's and stops the run (``--resume`` goes on)."""
     if ws.tasks_unavailable:
         return {"unavailable": ws.tasks_unavailable}
-    from ..evaluate.tasks import TasksConfig, TasksUnavailable, tasks
 
     try:
-        return tasks(model, ws.loaded.tokenizer, TasksConfig(tasks=list(ws.config.tasks), limit=ws.config.task_limit)).to_dict()
+        return tasks(
+            model, ws.loaded.tokenizer, TasksConfig(tasks=list(ws.config.tasks), limit=ws.config.task_limit)
+        ).to_dict()
     except TasksUnavailable as exc:
         ws.tasks_unavailable = str(exc).splitlines()[0][:300]
         log.warning("zero-shot tasks unavailable: %s", ws.tasks_unavailable)
@@ -382,10 +440,6 @@ def _tasks(ws: Workspace, model) -> dict[str, Any]:
 
 def run_cell(ws: Workspace, key: CellKey) -> dict[str, Any]:
     """Compute one cell's numbers (no provenance)."""
-    from ..baselines import BASELINES, calibration_loss
-    from ..models.surgery import drop_blocks
-    from ..search import run_search
-
     c = ws.config
     if key.method == "dense":
         out: dict[str, Any] = {"heldout": _heldout_numbers(ws.heldout.score(()))}
@@ -411,8 +465,7 @@ def run_cell(ws: Workspace, key: CellKey) -> dict[str, Any]:
         }
         return {**out, **_extras(ws, key, clone.model)}
     k = num_drop(evaluator.num_blocks, key.sparsity)
-    search = replace(c.search_config(), method=key.method, seed=key.seed,
-                     exhaustive_limit=c.method_exhaustive_limit)
+    search = replace(c.search_config(), method=key.method, seed=key.seed, exhaustive_limit=c.method_exhaustive_limit)
     before = evaluator.stats.as_dict()
     result = run_search(evaluator, k, search, progress=False)
     blocks = find_blocks(ws.loaded.model)
@@ -447,7 +500,9 @@ def prepare_report_dir(path: str | Path, *, resume: bool, overwrite: bool) -> Pa
         raise EvopError(f"{path} exists and is not a directory; choose another --output")
     if path.is_dir() and any(path.iterdir()) and not resume:
         if not overwrite:
-            raise EvopError(f"report directory {path} already exists; pass --resume to reuse its finished cells or --overwrite to start over")
+            raise EvopError(
+                f"report directory {path} already exists; pass --resume to reuse its finished cells or --overwrite to start over"
+            )
         for name in OWNED:
             target = path / name
             if target.is_dir():
@@ -467,14 +522,20 @@ def _model_name(model: Any) -> str:
     return model if isinstance(model, str) else getattr(getattr(model, "source", None), "name", type(model).__name__)
 
 
-def compare(model: Any, config: CompareConfig, output: str | Path, *, resume: bool = False, overwrite: bool = False,
-            command: str | None = None, progress: bool = True) -> dict[str, Any]:
+def compare(
+    model: Any,
+    config: CompareConfig,
+    output: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    command: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Run (or resume) every cell, then write results.json, report.md and the figures into ``output``.
 
     ``model`` is anything ``evop_hub.load`` takes, or a ``LoadedModel``. Returns the results dict.
     """
-    from .provenance import hardware, versions
-
     config.check()
     name = _model_name(model)
     out = prepare_report_dir(output, resume=resume, overwrite=overwrite)
@@ -499,10 +560,18 @@ def compare(model: Any, config: CompareConfig, output: str | Path, *, resume: bo
             start = time.perf_counter()
             numbers = run_cell(ws, key)
             cell = {
-                "id": key.id, **asdict(key), **numbers, "fingerprint": fingerprint,
+                "id": key.id,
+                **asdict(key),
+                **numbers,
+                "fingerprint": fingerprint,
                 "provenance": {
-                    "command": command, "model": name, "seeds": {"calibration": key.seed, "search": key.seed},
-                    "versions": packages, "hardware": machine, "device": config.device, "dtype": config.dtype,
+                    "command": command,
+                    "model": name,
+                    "seeds": {"calibration": key.seed, "search": key.seed},
+                    "versions": packages,
+                    "hardware": machine,
+                    "device": config.device,
+                    "dtype": config.dtype,
                     "seconds": round(time.perf_counter() - start, 3),
                     "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
                 },
@@ -512,11 +581,19 @@ def compare(model: Any, config: CompareConfig, output: str | Path, *, resume: bo
     log.info("%d cells: %d computed, %d reused from %s", len(keys), len(keys) - reused, reused, out / CELLS_DIR)
     heldout = ws._heldout.info if ws._heldout is not None else _saved_windows(out)
     results = {
-        "format": FORMAT, "version": VERSION, "model": name, "command": command, "config": asdict(config),
-        "blocks": blocks, "hardware": machine, "versions": packages,
+        "format": FORMAT,
+        "version": VERSION,
+        "model": name,
+        "command": command,
+        "config": asdict(config),
+        "blocks": blocks,
+        "hardware": machine,
+        "versions": packages,
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "seconds": round(time.perf_counter() - started, 1), "cells_reused": reused,
-        "heldout_windows": heldout, "cells": cells,
+        "seconds": round(time.perf_counter() - started, 1),
+        "cells_reused": reused,
+        "heldout_windows": heldout,
+        "cells": cells,
     }
     _write_json(out / RESULTS, results)
     write_report(out, results)
@@ -531,7 +608,7 @@ def _usable_device(name: str):
     except RuntimeError:
         raise EvopError(f"device {name!r} is not a torch device; use cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise EvopError(f"device {name} is set, but no CUDA GPU is visible here; set device = \"cpu\" (or --preset cpu)")
+        raise EvopError(f'device {name} is set, but no CUDA GPU is visible here; set device = "cpu" (or --preset cpu)')
     return device
 
 
@@ -543,8 +620,10 @@ def _recorded_blocks(out: Path, fingerprint: str) -> int | None:
     for path in sorted((out / CELLS_DIR).glob("*.json")):
         cell = json.loads(path.read_text())
         if cell.get("fingerprint") != fingerprint:
-            raise EvopError(f"{path} was computed with other settings (model, corpora, lengths, search, device); "
-                            "use another --output, the same settings, or --overwrite")
+            raise EvopError(
+                f"{path} was computed with other settings (model, corpora, lengths, search, device); "
+                "use another --output, the same settings, or --overwrite"
+            )
         blocks = blocks or cell.get("blocks")
     return blocks
 

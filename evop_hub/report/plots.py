@@ -40,8 +40,9 @@ def convergence_plot(trace: list[dict[str, Any]], path: str | Path) -> Path:
     return _save(fig, path)
 
 
-def lines_plot(series: dict[str, list[tuple[float, float, float]]], xlabel: str, ylabel: str, title: str,
-               path: str | Path) -> Path:
+def lines_plot(
+    series: dict[str, list[tuple[float, float, float]]], xlabel: str, ylabel: str, title: str, path: str | Path
+) -> Path:
     """One line per series through (x, mean, spread) points, the spread as error bars (compare's Fig. 1a)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -56,8 +57,9 @@ def lines_plot(series: dict[str, list[tuple[float, float, float]]], xlabel: str,
     return _save(fig, path)
 
 
-def bars_plot(groups: list[str], series: dict[str, list[tuple[float, float]]], ylabel: str, title: str,
-              path: str | Path) -> Path:
+def bars_plot(
+    groups: list[str], series: dict[str, list[tuple[float, float]]], ylabel: str, title: str, path: str | Path
+) -> Path:
     """Grouped bars: for every group, one (mean, spread) bar per series (compare's Fig. 1c)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.5))

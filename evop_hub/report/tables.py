@@ -13,13 +13,17 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from ..baselines import BASELINES
 from ..errors import EvopError
 from ..files import atomic_path
 from . import layout
 from .plots import bars_plot, lines_plot
 
-ABLATIONS = (("EvoP (CCDS + EPPS)", "evop", "ccds"), ("w/o CCDS (random samples)", "evop", "random"),
-             ("w/o EPPS (SLEB search on CCDS)", "sleb", "ccds"))
+ABLATIONS = (
+    ("EvoP (CCDS + EPPS)", "evop", "ccds"),
+    ("w/o CCDS (random samples)", "evop", "random"),
+    ("w/o EPPS (SLEB search on CCDS)", "sleb", "ccds"),
+)
 FIG1A = (("SLEB", "sleb"), ("EvoP (GA)", "evop"), ("exhaustive", "exhaustive"))
 
 
@@ -66,19 +70,25 @@ def _table(head: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def _unit(method: str) -> str:
-    from ..baselines import BASELINES
-
-    return {"wanda": "weights", "slicegpt": "hidden channels"}.get(method, "weights" if method in BASELINES else "blocks")
+    return {"wanda": "weights", "slicegpt": "hidden channels"}.get(
+        method, "weights" if method in BASELINES else "blocks"
+    )
 
 
 def _protocol(results: dict[str, Any]) -> list[str]:
     c, blocks = results["config"], results["blocks"]
     ks = ", ".join(f"{s:g} → k={math.ceil(s * blocks)}" for s in c["sparsities"])
     windows = results.get("heldout_windows") or {}
-    held = "; ".join(f"{spec}{' (' + w['form'] + ')' if w.get('form') else ''}: {w['windows']} × {w['seq_len']} tokens"
-                     for spec, w in windows.items())
-    truncated = (f" — only the first {c['blocks']} of the model's blocks are kept, so its perplexities say nothing "
-                 "about the whole model: this protocol checks the machinery" if c["blocks"] else "")
+    held = "; ".join(
+        f"{spec}{' (' + w['form'] + ')' if w.get('form') else ''}: {w['windows']} × {w['seq_len']} tokens"
+        for spec, w in windows.items()
+    )
+    truncated = (
+        f" — only the first {c['blocks']} of the model's blocks are kept, so its perplexities say nothing "
+        "about the whole model: this protocol checks the machinery"
+        if c["blocks"]
+        else ""
+    )
     search = ", ".join(f"{k}={v}" for k, v in c["search"].items()) or "evop-hub's defaults"
     return [
         "## Protocol",
@@ -93,8 +103,14 @@ def _protocol(results: dict[str, Any]) -> list[str]:
         "weights (unstructured, nothing is removed from storage or time); slicegpt removes the fraction s of hidden "
         "channels. The same nominal s is therefore not the same parameter count: Table 1 gives the parameters removed.",
         f"- Search settings: {search}; exhaustive search (Fig. 1a) only where C(blocks, k) ≤ {c['exhaustive_limit']}.",
-        *([f"- Zero-shot tasks: only the first {c['task_limit']} examples of each task (`task_limit`): a quick look, "
-           "not comparable with published numbers."] if c.get("task_limit") else []),
+        *(
+            [
+                f"- Zero-shot tasks: only the first {c['task_limit']} examples of each task (`task_limit`): a quick look, "
+                "not comparable with published numbers."
+            ]
+            if c.get("task_limit")
+            else []
+        ),
         f"- Every number is the mean ± sample standard deviation over the {len(c['seeds'])} seed(s) (a single value when "
         "one seed). Cells are in results.json with their command, seeds, versions, hardware and seconds.",
     ]
@@ -125,13 +141,21 @@ def _table1(cells: Cells) -> list[str]:
             if not group:
                 continue
             timed = [g["speed"] for g in group if "speed" in g]
-            removed = [t["parameters_removed"] for t in timed] or [1 - g["parameters_after"] / g["parameters_before"]
-                                                                      for g in group if "parameters_after" in g]
-            row = [method, f"{s:g} ({_unit(method)})", fmt([100 * r for r in removed], 1) + ("%" if removed else ""),
-                   fmt([t["speedup"]["prefill"] for t in timed]), fmt([t["speedup"]["decode"] for t in timed])]
+            removed = [t["parameters_removed"] for t in timed] or [
+                1 - g["parameters_after"] / g["parameters_before"] for g in group if "parameters_after" in g
+            ]
+            row = [
+                method,
+                f"{s:g} ({_unit(method)})",
+                fmt([100 * r for r in removed], 1) + ("%" if removed else ""),
+                fmt([t["speedup"]["prefill"] for t in timed]),
+                fmt([t["speedup"]["decode"] for t in timed]),
+            ]
             if with_tasks:
                 scored = [g["tasks"] for g in group if "scores" in g.get("tasks", {})]
-                row += [fmt([t["scores"][name]["acc"] for t in scored if name in t["scores"]], 4) for name in c["tasks"]]
+                row += [
+                    fmt([t["scores"][name]["acc"] for t in scored if name in t["scores"]], 4) for name in c["tasks"]
+                ]
                 row.append(fmt([t["mean"]["acc"] for t in scored if "acc" in t["mean"]], 4))
                 if len(scored) < len(group):
                     missing.append(_unscored(method, s, group, len(scored)))
@@ -140,9 +164,12 @@ def _table1(cells: Cells) -> list[str]:
     timed = next((g["speed"] for group in cells.groups.values() for g in group if "speed" in g), None)
     if timed:
         t = timed["config"]
-        lines += ["", f"Speed: greedy generation, batch {t['batch_size']}, prompt {t['prompt_len']} tokens, "
-                      f"{t['new_tokens']} new tokens, median of {t['repeats']} after {t['warmup']} warm-up, first seed's "
-                      f"model only; speedup = dense time / pruned time on {timed['device']} ({timed['hardware']})."]
+        lines += [
+            "",
+            f"Speed: greedy generation, batch {t['batch_size']}, prompt {t['prompt_len']} tokens, "
+            f"{t['new_tokens']} new tokens, median of {t['repeats']} after {t['warmup']} warm-up, first seed's "
+            f"model only; speedup = dense time / pruned time on {timed['device']} ({timed['hardware']}).",
+        ]
     elif not c["speed"]:
         lines += ["", "Speed: not measured (`speed = false`)."]
     return lines
@@ -154,7 +181,9 @@ def _unscored(method: str, sparsity: float, group: list[dict[str, Any]], scored:
     for cell in group:
         if "scores" not in cell.get("tasks", {}):
             reasons[cell.get("tasks", {}).get("unavailable", "not scored")].append(str(cell["seed"]))
-    why = "; ".join(f"seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)}: {reason}" for reason, seeds in reasons.items())
+    why = "; ".join(
+        f"seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)}: {reason}" for reason, seeds in reasons.items()
+    )
     return f"- Zero-shot tasks of {method} at {sparsity:g}: {scored} of {len(group)} seeds ({why})."
 
 
@@ -174,7 +203,9 @@ def _domain_tables(cells: Cells) -> list[str]:
             for method in c["methods"]:
                 group = cells.main(method, s)
                 if group:
-                    rows.append([f"{method} ({cells.own_sampler(method)})", f"{s:g}", *(_ppl(group, spec) for spec in specs)])
+                    rows.append(
+                        [f"{method} ({cells.own_sampler(method)})", f"{s:g}", *(_ppl(group, spec) for spec in specs)]
+                    )
         lines += _table(["method (calibration)", "sparsity", *specs], rows)
     return lines
 
@@ -188,8 +219,14 @@ def _table4(cells: Cells) -> list[str]:
     for s in c["sparsities"]:
         for label, method, sampler in ABLATIONS:
             group = cells.get(method, sampler, s)
-            rows.append([label, f"{s:g}", fmt([g["calibration_loss"] for g in group], 4),
-                         *(_ppl(group, spec) for spec in c["eval"])])
+            rows.append(
+                [
+                    label,
+                    f"{s:g}",
+                    fmt([g["calibration_loss"] for g in group], 4),
+                    *(_ppl(group, spec) for spec in c["eval"]),
+                ]
+            )
     lines += _table(["variant", "sparsity", "calibration loss", *c["eval"]], rows)
     return lines + ["", "Calibration losses of w/o CCDS are on its own (random) samples, the others' on the CCDS set."]
 
@@ -212,9 +249,14 @@ def _fig1a(cells: Cells, blocks: int) -> list[str]:
     lines = ["", "## Figure 1a: calibration loss against sparsity", ""]
     if not c["fig1a"]:
         return lines + ["Not run (`fig1a = false`)."]
-    lines += [f"![calibration loss against sparsity]({layout.FIG1A})", "",
-              "Mean NLL on the CCDS calibration set (the same set for the three searches at each seed); dense: "
-              + fmt([g["dense_calibration_loss"] for g in cells.get("evop", "ccds", c["sparsities"][0])], 4) + ".", ""]
+    lines += [
+        f"![calibration loss against sparsity]({layout.FIG1A})",
+        "",
+        "Mean NLL on the CCDS calibration set (the same set for the three searches at each seed); dense: "
+        + fmt([g["dense_calibration_loss"] for g in cells.get("evop", "ccds", c["sparsities"][0])], 4)
+        + ".",
+        "",
+    ]
     rows = []
     for s in c["sparsities"]:
         k = math.ceil(s * blocks)
@@ -222,8 +264,11 @@ def _fig1a(cells: Cells, blocks: int) -> list[str]:
         row = [f"{s:g}", str(k), f"{patterns:,}"]
         for _, method in FIG1A:
             group = cells.get(method, "ccds", s)
-            row.append(fmt([g["calibration_loss"] for g in group], 4) if group else
-                       f"not run ({patterns:,} > {c['exhaustive_limit']:,})")
+            row.append(
+                fmt([g["calibration_loss"] for g in group], 4)
+                if group
+                else f"not run ({patterns:,} > {c['exhaustive_limit']:,})"
+            )
         rows.append(row)
     return lines + _table(["sparsity", "k", "patterns", *(label for label, _ in FIG1A)], rows)
 
@@ -248,10 +293,14 @@ def _fig1c(cells: Cells) -> list[str]:
     if not c["fig1c"]:
         return lines + ["Not run (`fig1c = false`)."]
     s = layout.cluster_sparsity(c["fig1c_sparsity"], c["sparsities"])
-    lines += [f"![perplexity when calibrating on each cluster]({layout.FIG1C})", "",
-              f"Sparsity {s:g}. C_j: all {c['samples']} calibration samples drawn from CCDS cluster j of "
-              f"{c['calibration']}; all (CCDS): one sample per cluster (present when {s:g} is among the sparsities and "
-              f"the method ran on CCDS there). The plot shows {c['eval'][0]}.", ""]
+    lines += [
+        f"![perplexity when calibrating on each cluster]({layout.FIG1C})",
+        "",
+        f"Sparsity {s:g}. C_j: all {c['samples']} calibration samples drawn from CCDS cluster j of "
+        f"{c['calibration']}; all (CCDS): one sample per cluster (present when {s:g} is among the sparsities and "
+        f"the method ran on CCDS there). The plot shows {c['eval'][0]}.",
+        "",
+    ]
     rows = []
     for method in c["fig1c_methods"]:
         for j in [*range(c["samples"]), None]:
@@ -264,11 +313,24 @@ def _cell_list(results: dict[str, Any]) -> list[str]:
     rows = []
     for cell in results["cells"]:
         what = cell.get("mask", cell.get("unit", ""))
-        rows.append([cell["id"], str(what), f"{cell['calibration_loss']:.4f}" if "calibration_loss" in cell else "–",
-                     str(cell.get("evaluations", "–")), f"{cell['provenance']['seconds']:.1f}"])
-    return ["", "## Cells", "", "Dropped blocks (mask, numbering of the evaluated model) or pruning unit; new patterns "
-            "evaluated on the calibration set's shared memo; seconds of the cell.", "",
-            *_table(["cell", "mask / unit", "calibration loss", "evaluations", "seconds"], rows)]
+        rows.append(
+            [
+                cell["id"],
+                str(what),
+                f"{cell['calibration_loss']:.4f}" if "calibration_loss" in cell else "–",
+                str(cell.get("evaluations", "–")),
+                f"{cell['provenance']['seconds']:.1f}",
+            ]
+        )
+    return [
+        "",
+        "## Cells",
+        "",
+        "Dropped blocks (mask, numbering of the evaluated model) or pruning unit; new patterns "
+        "evaluated on the calibration set's shared memo; seconds of the cell.",
+        "",
+        *_table(["cell", "mask / unit", "calibration loss", "evaluations", "seconds"], rows),
+    ]
 
 
 def render(results: dict[str, Any]) -> str:
@@ -280,17 +342,35 @@ def render(results: dict[str, Any]) -> str:
     if results.get("command"):
         head += [f"Command: `{results['command']}`", ""]
     versions = ", ".join(f"{k} {v}" for k, v in results["versions"].items())
-    head += [f"Hardware: {results['hardware']}. Versions: {versions}. Report written {results['date']}; wall time of "
-             f"the last run {results['seconds']:.0f} s ({results['cells_reused']} of {len(results['cells'])} cells "
-             "reused from earlier runs).", ""]
+    head += [
+        f"Hardware: {results['hardware']}. Versions: {versions}. Report written {results['date']}; wall time of "
+        f"the last run {results['seconds']:.0f} s ({results['cells_reused']} of {len(results['cells'])} cells "
+        "reused from earlier runs).",
+        "",
+    ]
     # Reused cells may come from another machine (a GPU run, reported elsewhere): say where the numbers were made.
-    made = sorted({(c["provenance"]["hardware"].split(", load average")[0],
-                    ", ".join(f"{k} {v}" for k, v in c["provenance"]["versions"].items()))
-                   for c in results["cells"] if c.get("provenance")})
+    made = sorted(
+        {
+            (
+                c["provenance"]["hardware"].split(", load average")[0],
+                ", ".join(f"{k} {v}" for k, v in c["provenance"]["versions"].items()),
+            )
+            for c in results["cells"]
+            if c.get("provenance")
+        }
+    )
     if made and made != [(results["hardware"].split(", load average")[0], versions)]:
         head += ["Cells computed on: " + "; ".join(f"{hw} ({v})" for hw, v in made) + ".", ""]
-    body = [*_protocol(results), "", *_table1(cells), *_domain_tables(cells), *_table4(cells),
-            *_fig1a(cells, results["blocks"]), *_fig1c(cells), *_cell_list(results)]
+    body = [
+        *_protocol(results),
+        "",
+        *_table1(cells),
+        *_domain_tables(cells),
+        *_table4(cells),
+        *_fig1a(cells, results["blocks"]),
+        *_fig1c(cells),
+        *_cell_list(results),
+    ]
     return "\n".join(head + body) + "\n"
 
 
@@ -301,13 +381,23 @@ def write_report(out: str | Path, results: dict[str, Any]) -> Path:
     with atomic_path(out / layout.REPORT) as tmp:
         tmp.write_text(render(results))
     if results["config"]["fig1a"]:
-        lines_plot(fig1a_series(cells), "sparsity", "calibration loss (mean NLL)",
-                   f"{results['model']}: calibration loss", out / layout.FIG1A)
+        lines_plot(
+            fig1a_series(cells),
+            "sparsity",
+            "calibration loss (mean NLL)",
+            f"{results['model']}: calibration loss",
+            out / layout.FIG1A,
+        )
     if results["config"]["fig1c"]:
         spec = results["config"]["eval"][0]
         groups, series = fig1c_series(cells, spec)
-        bars_plot(groups, series, f"perplexity on {spec}", f"{results['model']}: calibrating on one cluster",
-                  out / layout.FIG1C)
+        bars_plot(
+            groups,
+            series,
+            f"perplexity on {spec}",
+            f"{results['model']}: calibrating on one cluster",
+            out / layout.FIG1C,
+        )
     return out / layout.REPORT
 
 

@@ -21,7 +21,7 @@ from typing import Any
 from ..errors import EvopError
 from ..files import atomic_path
 from ..progress import bar
-from .evaluator import (
+from ..scoring import (
     FITNESSES,
     Evaluator,
     EvaluatorStats,
@@ -33,7 +33,7 @@ from .evaluator import (
     as_mask,
     parse_stages,
 )
-from .methods import METHODS, PAPER_SEARCH, SearchConfig, SearchContext
+from .methods import METHODS, PAPER_SEARCH, SearchConfig, SearchContext, check_state, is_saved_mask
 
 STATE_FILE = "search_state.json"
 TRACE_FILE = "trace.jsonl"
@@ -115,7 +115,7 @@ def _fingerprint(evaluator: Evaluator, k: int, config: SearchConfig) -> str:
     return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:16]
 
 
-def _restore(state_path: Path, evaluator: Evaluator, fingerprint: str) -> dict[str, Any]:
+def _restore(state_path: Path, evaluator: Evaluator, fingerprint: str, method: str) -> dict[str, Any]:
     """The checkpoint to resume from, its evaluations restored into ``evaluator``; a damaged file (a disk
     error, an edit) is one line saying how to start over, not a traceback."""
     try:
@@ -125,13 +125,37 @@ def _restore(state_path: Path, evaluator: Evaluator, fingerprint: str) -> dict[s
                 "the saved search used another model, calibration set or settings; "
                 "re-run with the same options, or --overwrite to start over"
             )
+        _check_saved(saved, evaluator.num_blocks, method)
         for mask, loss_sum, tokens, batches, complete in saved["memo"]:
             evaluator.memo[as_mask(mask)] = Fitness(as_mask(mask), loss_sum, tokens, batches, complete)
         evaluator.stats = EvaluatorStats(**saved["stats"])
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise EvopError(f"{state_path} is damaged ({type(exc).__name__}: {exc}); "
-                        "pass --overwrite to start the search over") from None
+        raise EvopError(
+            f"{state_path} is damaged ({type(exc).__name__}: {exc}); pass --overwrite to start the search over"
+        ) from None
     return saved
+
+
+def _check_saved(saved: dict[str, Any], num_blocks: int, method: str) -> None:
+    """Raise ValueError (or TypeError, KeyError) at the first entry of a checkpoint that ``run_search`` never
+    writes, before any of it is used: the values are read again long after ``_restore`` (the trace, the
+    elapsed time, the method's state), where a wrong type would end the run in a traceback."""
+    check_state(method, saved.get("method_state", {}), num_blocks)
+    for entry in saved["memo"]:
+        mask, loss_sum, tokens, batches, complete = entry
+        numbers = type(loss_sum) in (int, float) and type(tokens) is int and type(batches) is int
+        if not (is_saved_mask(mask, num_blocks) and numbers and type(complete) is bool):
+            raise ValueError(f"memo entry {str(entry)[:80]} is not what a checkpoint writes")
+    if not all(type(value) is int for value in saved["stats"].values()):
+        raise ValueError(f"stats {saved['stats']} are not all counts")
+    trace = saved.get("trace", [])
+    if not (isinstance(trace, list) and all(isinstance(row, dict) for row in trace)):
+        raise ValueError("trace is not a list of rows")
+    last = trace[-1] if trace else {}
+    if "of" in last and not (type(last["of"]) is int and type(last.get("step")) is int):
+        raise ValueError(f"the last trace row {str(last)[:80]} counts no patterns")
+    if type(saved.get("seconds", 0.0)) not in (int, float):
+        raise ValueError(f"seconds = {saved['seconds']!r} is not a number")
 
 
 def run_search(
@@ -154,7 +178,7 @@ def run_search(
     if state_path and state_path.is_file():
         if not resume:
             raise EvopError(f"{state_path.parent} holds an earlier search; pass --resume to continue it or --overwrite")
-        saved = _restore(state_path, evaluator, fingerprint)
+        saved = _restore(state_path, evaluator, fingerprint, config.method)
     trace: list[dict[str, Any]] = saved.get("trace", [])
     elapsed = saved.get("seconds", 0.0)
     started = time.perf_counter()
@@ -162,12 +186,22 @@ def run_search(
     # The other methods' bars count steps, whose number the method decides as it goes.
     last = trace[-1] if trace else {}
     desc = f"{config.method} k={k} {config.fitness}" + (f" staged {config.stages}" if config.stages else "")
-    progress_bar = bar(desc=desc, unit="pattern" if "of" in last else "step", total=last.get("of"),
-                       initial=last["step"] if "of" in last else len(trace), disable=not progress)
+    progress_bar = bar(
+        desc=desc,
+        unit="pattern" if "of" in last else "step",
+        total=last.get("of"),
+        initial=last["step"] if "of" in last else len(trace),
+        disable=not progress,
+    )
 
     def report(row: dict[str, Any]) -> None:
-        row = {**row, **evaluator.stats.as_dict(), "fitness": config.fitness, "stages": config.stages,
-               "seconds": round(elapsed + time.perf_counter() - started, 3)}
+        row = {
+            **row,
+            **evaluator.stats.as_dict(),
+            "fitness": config.fitness,
+            "stages": config.stages,
+            "seconds": round(elapsed + time.perf_counter() - started, 3),
+        }
         trace.append(row)
         if "of" in row:
             progress_bar.total, progress_bar.unit = row["of"], "pattern"
@@ -187,10 +221,18 @@ def run_search(
             return
         memo = [[list(f.mask), f.loss_sum, f.tokens, f.batches, f.complete] for f in evaluator.memo.values()]
         with atomic_path(state_path) as tmp:
-            tmp.write_text(json.dumps({
-                "fingerprint": fingerprint, "method_state": method_state, "memo": memo, "trace": trace,
-                "stats": evaluator.stats.as_dict(), "seconds": elapsed + time.perf_counter() - started,
-            }))
+            tmp.write_text(
+                json.dumps(
+                    {
+                        "fingerprint": fingerprint,
+                        "method_state": method_state,
+                        "memo": memo,
+                        "trace": trace,
+                        "stats": evaluator.stats.as_dict(),
+                        "seconds": elapsed + time.perf_counter() - started,
+                    }
+                )
+            )
         write_trace()
 
     context = SearchContext(
@@ -204,7 +246,15 @@ def run_search(
         progress_bar.close()
     write_trace()  # steps after the last checkpoint (evop's local search) belong in the trace too
     return SearchResult(
-        mask=mask, loss=loss, dense_loss=dense, method=config.method, k=k, config=asdict(config),
-        stats=evaluator.stats.as_dict(), seconds=round(elapsed + time.perf_counter() - started, 3),
-        steps=len(trace), resumed=bool(saved), trace=trace,
+        mask=mask,
+        loss=loss,
+        dense_loss=dense,
+        method=config.method,
+        k=k,
+        config=asdict(config),
+        stats=evaluator.stats.as_dict(),
+        seconds=round(elapsed + time.perf_counter() - started, 3),
+        steps=len(trace),
+        resumed=bool(saved),
+        trace=trace,
     )

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import EvopError
-from .evaluator import Evaluator, Fitness, Mask, as_mask
+from ..scoring import Evaluator, Fitness, Mask, as_mask
 
 
 @dataclass
@@ -61,7 +61,13 @@ class SearchConfig:
 
 # EvoP's EPPS as the paper runs it (with this library's seeding and local search): `--preset paper`, and the
 # search of `evop-hub compare`, which reproduces the paper's experiments.
-PAPER_SEARCH: dict[str, Any] = {"fitness": "nll", "stages": "", "survivors": 0.3, "seed_sleb": True, "seed_angular": False}
+PAPER_SEARCH: dict[str, Any] = {
+    "fitness": "nll",
+    "stages": "",
+    "survivors": 0.3,
+    "seed_sleb": True,
+    "seed_angular": False,
+}
 
 
 @dataclass
@@ -87,8 +93,14 @@ def _best(fits: list[Fitness]) -> Fitness:
 
 def _row(step: int, fits: list[Fitness], best: Fitness, **extra) -> dict[str, Any]:
     losses = [f.loss for f in fits if f.complete]
-    return {"step": step, "best": best.loss, "best_mask": list(best.mask),
-            "mean": sum(losses) / len(losses) if losses else None, "candidates": len(fits), **extra}
+    return {
+        "step": step,
+        "best": best.loss,
+        "best_mask": list(best.mask),
+        "mean": sum(losses) / len(losses) if losses else None,
+        "candidates": len(fits),
+        **extra,
+    }
 
 
 # ------------------------------------------------------------------------------- greedy
@@ -270,8 +282,15 @@ def evop(ctx: SearchContext) -> Mask:
             if child not in children:
                 children.append(child)
         population = children
-        ctx.checkpoint({"population": [list(m) for m in population], "generation": generation,
-                        "stale": stale, "best_loss": best_loss, "rng": ctx.rng.getstate()})
+        ctx.checkpoint(
+            {
+                "population": [list(m) for m in population],
+                "generation": generation,
+                "stale": stale,
+                "best_loss": best_loss,
+                "rng": ctx.rng.getstate(),
+            }
+        )
     # The last children are scored too: the answer may be among them, and the trace must end on the answer.
     best, phase = _best(ctx.evaluator.evaluate(population, survivors=1)), "last_children"
     if cfg.local_search:
@@ -284,6 +303,42 @@ def _rng_state(saved: Any) -> tuple:
     """random.Random state from its JSON form (lists instead of tuples)."""
     version, internal, gauss = saved
     return version, tuple(internal), gauss
+
+
+# What evop's checkpoint holds, every entry of it: a resumed evop reads them all.
+EVOP_STATE = ("population", "generation", "stale", "best_loss", "rng")
+
+
+def check_state(method: str, state: Any, num_blocks: int) -> None:
+    """Raise ValueError (or TypeError, KeyError) at the first value of a saved method state that no checkpoint
+    of ``method`` writes: a damaged or hand-edited file is refused with its name by ``run_search``, instead of
+    a traceback from deep inside the method that trips over it."""
+    if not isinstance(state, dict):
+        raise TypeError(f"method_state is {type(state).__name__}, not an object")
+    if method == "evop" and state:
+        missing = [key for key in EVOP_STATE if key not in state]
+        if missing:
+            raise KeyError(f"method_state lacks {', '.join(missing)}")
+    for key, value in state.items():
+        if key in ("dropped", "best"):
+            valid = is_saved_mask(value, num_blocks)
+        elif key == "population":
+            valid = isinstance(value, list) and bool(value) and all(is_saved_mask(m, num_blocks) for m in value)
+        elif key in ("done", "generation", "stale"):
+            valid = type(value) is int and value >= 0
+        elif key == "best_loss":
+            valid = type(value) in (int, float)
+        elif key == "rng":
+            valid = random.Random().setstate(_rng_state(value)) is None  # raises on anything else
+        else:
+            valid = True  # read by no method: harmless
+        if not valid:
+            raise ValueError(f"method_state {key} = {str(value)[:60]} is not what a checkpoint writes")
+
+
+def is_saved_mask(value: Any, num_blocks: int) -> bool:
+    """Whether a checkpoint's ``value`` is a mask: a list of block indices of this model."""
+    return isinstance(value, list) and all(type(i) is int and 0 <= i < num_blocks for i in value)
 
 
 # Registry: --method NAME -> function(SearchContext) -> mask.

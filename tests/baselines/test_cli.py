@@ -23,16 +23,37 @@ def setup(tmp_path_factory):
     texts = [d.text for d in topical_corpus().documents]
     (root / "corpus.txt").write_text("\n\n".join(texts))
     tokenizer = word_tokenizer(texts)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+    )
     AutoModelForCausalLM.from_config(config).save_pretrained(root / "model")
     tokenizer.save_pretrained(root / "model")
     return root
 
 
 def prune(setup, name: str, *options: str):
-    args = ["prune", str(setup / "model"), "--corpus", str(setup / "corpus.txt"), "--sampler", "random",
-            "--clusters", "2", "--seq-len", "16", "--quiet", "-o", str(setup / name), *options]
+    args = [
+        "prune",
+        str(setup / "model"),
+        "--corpus",
+        str(setup / "corpus.txt"),
+        "--sampler",
+        "random",
+        "--clusters",
+        "2",
+        "--seq-len",
+        "16",
+        "--quiet",
+        "-o",
+        str(setup / name),
+        *options,
+    ]
     return CliRunner().invoke(app, args)
 
 
@@ -55,7 +76,11 @@ def test_slicegpt_output_loads_with_remote_code_and_evaluates(setup):
     directory = setup / "slicegpt"
     assert (directory / "modeling_slicegpt.py").is_file()
     record = PruningRecord.load(directory)
-    assert (record.method, record.sparsity, record.sparsity_unit) == ("slicegpt", 0.25, "hidden channels (residual stream)")
+    assert (record.method, record.sparsity, record.sparsity_unit) == (
+        "slicegpt",
+        0.25,
+        "hidden channels (residual stream)",
+    )
     assert "trust_remote_code=True" in record.search["format"]
     assert load(str(directory), LoadConfig(trust_remote_code=True)).model.config.sliced_hidden_size == 24
     # The Space app (uploaded as-is by push) loads it with its modeling code, as push's evop_space.json allows
@@ -67,13 +92,45 @@ def test_slicegpt_output_loads_with_remote_code_and_evaluates(setup):
     assert space.mask_markdown(record.to_dict()).startswith("**Every block kept, 25% of its hidden channels")
 
     refused = CliRunner().invoke(app, ["info", str(directory)])  # transformers alone fails on the weights' shapes
-    assert "needs code from its repository" in str(refused.exception) and "--trust-remote-code" in str(refused.exception)
-    ppl = CliRunner().invoke(app, ["ppl", str(directory), "--corpus", str(setup / "corpus.txt"), "--seq-len", "16",
-                                   "--max-windows", "2", "--trust-remote-code", "--json"])
+    assert "needs code from its repository" in str(refused.exception) and "--trust-remote-code" in str(
+        refused.exception
+    )
+    ppl = CliRunner().invoke(
+        app,
+        [
+            "ppl",
+            str(directory),
+            "--corpus",
+            str(setup / "corpus.txt"),
+            "--seq-len",
+            "16",
+            "--max-windows",
+            "2",
+            "--trust-remote-code",
+            "--json",
+        ],
+    )
     assert ppl.exit_code == 0, ppl.output
     assert json.loads(ppl.stdout)["results"][0]["windows"] == 2
-    timed = CliRunner().invoke(app, ["speed", str(setup / "model"), "--compare", str(directory), "--prompt-len", "8",
-                                     "--new-tokens", "2", "--warmup", "0", "--repeats", "1", "--trust-remote-code", "--json"])
+    timed = CliRunner().invoke(
+        app,
+        [
+            "speed",
+            str(setup / "model"),
+            "--compare",
+            str(directory),
+            "--prompt-len",
+            "8",
+            "--new-tokens",
+            "2",
+            "--warmup",
+            "0",
+            "--repeats",
+            "1",
+            "--trust-remote-code",
+            "--json",
+        ],
+    )
     assert timed.exit_code == 0, timed.output
     assert json.loads(timed.stdout)["pruned"]["parameters"] == record.parameters_after
 

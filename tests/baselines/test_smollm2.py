@@ -27,8 +27,13 @@ def test_smollm2_pruned_variants_stay_finite_and_above_dense(wikitext_dir, tmp_p
     for method, sparsity, pattern in variants:
         output = tmp_path / f"{method}-{pattern or sparsity}"
         config = PruneConfig(
-            sparsity=sparsity, pattern=pattern, search=SearchConfig(method=method), calibration=calibration,
-            corpus="wikitext2:valid", output=str(output), progress=False,
+            sparsity=sparsity,
+            pattern=pattern,
+            search=SearchConfig(method=method),
+            calibration=calibration,
+            corpus="wikitext2:valid",
+            output=str(output),
+            progress=False,
         )
         prune(copy.deepcopy(base), config)
         record = PruningRecord.load(output)

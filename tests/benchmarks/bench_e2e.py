@@ -28,12 +28,30 @@ import torch
 from bench_quality import hardware, write
 
 SHAPES = {  # LlamaConfig fields; the vocabulary is the tokenizer's
-    "llama-2-13b": dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40, num_attention_heads=40,
-                        num_key_value_heads=40, max_position_embeddings=4096),
-    "llama-2-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-                       num_key_value_heads=32, max_position_embeddings=4096),
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=6, num_attention_heads=4,
-                 num_key_value_heads=2, max_position_embeddings=4096),
+    "llama-2-13b": dict(
+        hidden_size=5120,
+        intermediate_size=13824,
+        num_hidden_layers=40,
+        num_attention_heads=40,
+        num_key_value_heads=40,
+        max_position_embeddings=4096,
+    ),
+    "llama-2-7b": dict(
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        max_position_embeddings=4096,
+    ),
+    "tiny": dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=6,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+    ),
 }
 # A phase ends at the first CLI line starting with its marker.
 PHASES = (("load", "loaded on"), ("calibration", "calibration:"), ("search", "dropped blocks"), ("save", "saved "))
@@ -41,12 +59,17 @@ PHASES = (("load", "loaded on"), ("calibration", "calibration:"), ("search", "dr
 
 def build(shape: str, folder: Path, dtype: torch.dtype) -> int:
     """A random checkpoint of ``shape`` with SmolLM2's tokenizer, saved to ``folder``; its block count."""
-    import evop_hub
     from transformers import AutoModelForCausalLM, LlamaConfig
 
+    import evop_hub
+
     tokenizer = evop_hub.models.load_tokenizer("smollm2-135m")
-    config = LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, **SHAPES[shape])
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        **SHAPES[shape],
+    )
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
@@ -109,16 +132,29 @@ def main(argv: list[str] | None = None) -> dict:
         previous = end
     search = json.loads((output / "evop_pruning.json").read_text()).get("search") or {}
     result = {
-        "command": shlex.join([Path(sys.executable).name, *sys.argv]), "hardware": hardware(), "shape": args.shape,
-        "blocks": blocks, "blocks_after": reloaded.config.num_hidden_layers, "wall_seconds": round(wall, 1),
-        "phases_seconds": phases, "peak_device_gib": round(peak[0] / (1 << 30), 2) if gpu else None,
+        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+        "hardware": hardware(),
+        "shape": args.shape,
+        "blocks": blocks,
+        "blocks_after": reloaded.config.num_hidden_layers,
+        "wall_seconds": round(wall, 1),
+        "phases_seconds": phases,
+        "peak_device_gib": round(peak[0] / (1 << 30), 2) if gpu else None,
         "output_gib": round(sum(f.stat().st_size for f in output.glob("*.safetensors")) / (1 << 30), 2),
         "search": {key: search.get(key) for key in ("method", "k", "seconds", "stats")},
         "placement": next((line for line in lines if line.lstrip().startswith("loaded on")), None),
     }
     assert result["blocks_after"] == blocks - (search.get("k") or 0), "the output does not reload with its blocks"
-    lines_md = [f"# evop-hub prune end to end ({args.shape})", "", f"Command: `{result['command']}`", "",
-                f"Hardware: {result['hardware']}.", "", "| what | value |", "|---|---|"]
+    lines_md = [
+        f"# evop-hub prune end to end ({args.shape})",
+        "",
+        f"Command: `{result['command']}`",
+        "",
+        f"Hardware: {result['hardware']}.",
+        "",
+        "| what | value |",
+        "|---|---|",
+    ]
     lines_md += [f"| {key} | {value} |" for key, value in result.items() if key not in ("command", "hardware")]
     write(Path(args.out + ".json"), json.dumps(result, indent=1))
     write(Path(args.out + ".md"), "\n".join(lines_md) + "\n")

@@ -24,7 +24,7 @@ import torch
 from evop_hub.calibration import DEFAULT_EMBEDDER, load_embedder, split_chunks, topic_nmi
 from evop_hub.calibration.ccds import cluster
 from evop_hub.data import load_corpus
-from evop_hub.report.provenance import cpu_name
+from evop_hub.record.provenance import cpu_name
 
 
 def main() -> None:
@@ -56,24 +56,32 @@ def main() -> None:
             embeddings = model.encode(texts, batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False)
             times.append(time.perf_counter() - started)
         best = min(times)
-        rows.append(f"| {batch_size} | {len(texts)} | {best:.1f} | {len(texts) / best:.1f} | {len(texts) / statistics.median(times):.1f} |")
+        rows.append(
+            f"| {batch_size} | {len(texts)} | {best:.1f} | {len(texts) / best:.1f} | {len(texts) / statistics.median(times):.1f} |"
+        )
 
     command = shlex.join([".venv/bin/python", "tests/benchmarks/bench_embed.py", *sys.argv[1:]])
     print("# Chunk embedding speed (CCDS)\n")
     print(f"Command: `{command}`\n")
-    print(f"- Hardware: {cpu_name()}, {os.cpu_count()} logical CPUs visible, torch threads {torch.get_num_threads()}, no GPU")
+    print(
+        f"- Hardware: {cpu_name()}, {os.cpu_count()} logical CPUs visible, torch threads {torch.get_num_threads()}, no GPU"
+    )
     print(f"- Load average (1 min) before the run: {load_before:.2f} (the CPUs are shared; treat numbers as a floor)")
     print(f"- Software: Python {platform.python_version()}, torch {torch.__version__}")
     print(f"- Embedder: {args.embedder} (max {model.max_seq_length} wordpieces), loaded in {load_s:.1f} s")
-    print(f"- Corpus: {corpus.name}:{corpus.split} ({corpus.form}), first {len(texts)} chunks of {args.sentences_per_chunk} sentences; "
-          f"wordpieces per chunk mean {np.mean(wordpieces):.0f}, max {max(wordpieces)} (truncated above {model.max_seq_length})\n")
+    print(
+        f"- Corpus: {corpus.name}:{corpus.split} ({corpus.form}), first {len(texts)} chunks of {args.sentences_per_chunk} sentences; "
+        f"wordpieces per chunk mean {np.mean(wordpieces):.0f}, max {max(wordpieces)} (truncated above {model.max_seq_length})\n"
+    )
     print("| batch size | chunks | best time (s) | chunks/s (best) | chunks/s (median) |")
     print("|---:|---:|---:|---:|---:|")
     print("\n".join(rows))
 
     topics = [c.label for c in chunks]
     if any(t is not None for t in topics):
-        print(f"\n## Do the clusters follow topics? NMI against {corpus.name} topic labels ({len(set(topics))} topics)\n")
+        print(
+            f"\n## Do the clusters follow topics? NMI against {corpus.name} topic labels ({len(set(topics))} topics)\n"
+        )
         print("| k | NMI clusters | NMI random, same sizes (mean of 10) |")
         print("|---:|---:|---:|")
         for k in map(int, args.clusters.split(",")):

@@ -40,12 +40,20 @@ def main():
         ids = tokenizer(text, return_tensors="pt").input_ids[:, : args.tokens]
         with torch.no_grad():
             nll = model(ids, labels=ids).loss.item()
-        print(json.dumps({
-            "transformers": transformers.__version__, "model": name,
-            "problem": gguf_tokenizer_problem(tokenizer, *gguf_bos(path)),
-            "probe_pieces": tokenizer.convert_ids_to_tokens(tokenizer(PROBE).input_ids)[:8],
-            "wikitext2_test_nll": round(nll, 4), "tokens": ids.shape[1],
-        }, ensure_ascii=False), flush=True)
+        print(
+            json.dumps(
+                {
+                    "transformers": transformers.__version__,
+                    "model": name,
+                    "problem": gguf_tokenizer_problem(tokenizer, *gguf_bos(path)),
+                    "probe_pieces": tokenizer.convert_ids_to_tokens(tokenizer(PROBE).input_ids)[:8],
+                    "wikitext2_test_nll": round(nll, 4),
+                    "tokens": ids.shape[1],
+                },
+                ensure_ascii=False,
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from bench_quality import TIERS, hardware, load_model, write
 from bench_search import timed
 
-from evop_hub.models.runner import BlockRunner
+from evop_hub.scoring import BlockRunner
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (final states [n, d], targets [n]) -> float32 NLL [n]
 
@@ -52,7 +52,9 @@ def rows(runner: BlockRunner, hidden: torch.Tensor, ids: torch.Tensor, loss: Los
     states = hidden[:, :-1].reshape(-1, hidden.shape[-1])
     targets = ids[:, 1:].reshape(-1)
     step = runner.chunk_tokens
-    parts = [loss(states[start : start + step], targets[start : start + step]) for start in range(0, len(targets), step)]
+    parts = [
+        loss(states[start : start + step], targets[start : start + step]) for start in range(0, len(targets), step)
+    ]
     return torch.cat(parts).double().cpu().view(ids.shape[0], -1).sum(1)
 
 
@@ -66,11 +68,15 @@ def variants(runner: BlockRunner) -> dict[str, Loss]:
             raise RuntimeError("the head adds a bias or a logit transform, which this variant leaves out")
         for module in runner.tail:
             states = module(states)
-        return F.cross_entropy(torch.mm(states, runner.head.weight.t(), out_dtype=torch.float32), targets, reduction="none")
+        return F.cross_entropy(
+            torch.mm(states, runner.head.weight.t(), out_dtype=torch.float32), targets, reduction="none"
+        )
 
     cast_loss = torch.compile(lambda x, t: F.cross_entropy(x.float(), t, reduction="none"), dynamic=False)
     return {
-        "log_softmax_dtype": lambda s, t: F.nll_loss(F.log_softmax(logits(runner, s), -1, dtype=torch.float32), t, reduction="none"),
+        "log_softmax_dtype": lambda s, t: F.nll_loss(
+            F.log_softmax(logits(runner, s), -1, dtype=torch.float32), t, reduction="none"
+        ),
         "half_to_float": lambda s, t: F.nll_loss(torch._log_softmax(logits(runner, s), -1, True), t, reduction="none"),
         "mm_float32_out": mm_float32_out,
         "compiled": lambda s, t: cast_loss(logits(runner, s), t),
@@ -91,7 +97,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--windows", type=int, default=2)
     parser.add_argument("--seq-len", type=int, default=512)
-    parser.add_argument("--batch-size", type=int, default=4, help="windows per block call and per loss call, as the oracle's")
+    parser.add_argument(
+        "--batch-size", type=int, default=4, help="windows per block call and per loss call, as the oracle's"
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", required=True, help="writes OUT.json and OUT.md")
     args = parser.parse_args(argv)
@@ -111,23 +119,38 @@ def main(argv: list[str] | None = None) -> dict:
     blocks_s, finals = median_timed(walk, args.device, args.repeats)
     # The head alone: the same chunks, one logit a position kept so that nothing else is computed.
     head_s, _ = median_timed(lambda: scored(lambda s, t: logits(runner, s)[:, 0].float()), args.device, args.repeats)
-    runner_s, reference = median_timed(lambda: torch.cat([runner.nll_rows(h, b) for h, b in zip(finals, batches)]),
-                                       args.device, args.repeats)
-    result = {"model": args.model, "dtype": args.dtype, "device": args.device, "vocab": vocab,
-              "windows": args.windows, "seq_len": args.seq_len, "chunk_tokens": runner.chunk_tokens,
-              "command": shlex.join(["python3", sys.argv[0], *(sys.argv[1:] if argv is None else argv)]),
-              "hardware": hardware(),
-              "ms": {"blocks (dense walk)": blocks_s * 1e3, "head matmul only": head_s * 1e3, "head and loss, runner (nll_rows)": runner_s * 1e3},
-              "variants": {}}
+    runner_s, reference = median_timed(
+        lambda: torch.cat([runner.nll_rows(h, b) for h, b in zip(finals, batches)]), args.device, args.repeats
+    )
+    result = {
+        "model": args.model,
+        "dtype": args.dtype,
+        "device": args.device,
+        "vocab": vocab,
+        "windows": args.windows,
+        "seq_len": args.seq_len,
+        "chunk_tokens": runner.chunk_tokens,
+        "command": shlex.join(["python3", sys.argv[0], *(sys.argv[1:] if argv is None else argv)]),
+        "hardware": hardware(),
+        "ms": {
+            "blocks (dense walk)": blocks_s * 1e3,
+            "head matmul only": head_s * 1e3,
+            "head and loss, runner (nll_rows)": runner_s * 1e3,
+        },
+        "variants": {},
+    }
     for name, loss in variants(runner).items():
         try:
             seconds, values = median_timed(lambda loss=loss: scored(loss), args.device, args.repeats)
         except Exception as error:  # noqa: BLE001 - a variant this torch or device lacks is a result, not a failure
             result["variants"][name] = {"unsupported": str(error).strip().splitlines()[0].split(". ")[0]}
             continue
-        result["variants"][name] = {"ms": seconds * 1e3, "speedup": runner_s / seconds,
-                                    "max_abs_diff": float((values - reference).abs().max()),
-                                    "max_rel_diff": float(((values - reference).abs() / reference.abs()).max())}
+        result["variants"][name] = {
+            "ms": seconds * 1e3,
+            "speedup": runner_s / seconds,
+            "max_abs_diff": float((values - reference).abs().max()),
+            "max_rel_diff": float(((values - reference).abs() / reference.abs()).max()),
+        }
     print(json.dumps(result, indent=1))
     write(Path(args.out + ".json"), json.dumps(result, indent=1))
     write(Path(args.out + ".md"), markdown(result))
@@ -135,19 +158,32 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def markdown(result: dict) -> str:
-    lines = [f"# Loss cost: {result['model']} ({result['vocab']:,}-token vocabulary), {result['dtype']} on {result['device']}",
-             "", f"Command: `{result['command']}`", "",
-             (f"Hardware: {result['hardware']}. {result['windows']} windows of "
-              f"{result['seq_len']} random tokens; {result['chunk_tokens']} positions per loss call. Medians."), "",
-             "| part | ms |", "|---|---|"]
+    lines = [
+        f"# Loss cost: {result['model']} ({result['vocab']:,}-token vocabulary), {result['dtype']} on {result['device']}",
+        "",
+        f"Command: `{result['command']}`",
+        "",
+        (
+            f"Hardware: {result['hardware']}. {result['windows']} windows of "
+            f"{result['seq_len']} random tokens; {result['chunk_tokens']} positions per loss call. Medians."
+        ),
+        "",
+        "| part | ms |",
+        "|---|---|",
+    ]
     lines += [f"| {name} | {ms:.1f} |" for name, ms in result["ms"].items()]
-    lines += ["", "| head and loss, variant | ms | speedup over the runner | max abs diff of a sequence's NLL sum | max rel diff |",
-              "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| head and loss, variant | ms | speedup over the runner | max abs diff of a sequence's NLL sum | max rel diff |",
+        "|---|---|---|---|---|",
+    ]
     for name, row in result["variants"].items():
         if "unsupported" in row:
             lines.append(f"| {name} | unsupported: {row['unsupported']} | | | |")
         else:
-            lines.append(f"| {name} | {row['ms']:.1f} | {row['speedup']:.2f}x | {row['max_abs_diff']:.3g} | {row['max_rel_diff']:.3g} |")
+            lines.append(
+                f"| {name} | {row['ms']:.1f} | {row['speedup']:.2f}x | {row['max_abs_diff']:.3g} | {row['max_rel_diff']:.3g} |"
+            )
     return "\n".join(lines) + "\n"
 
 

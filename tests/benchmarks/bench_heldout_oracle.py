@@ -46,7 +46,9 @@ def equal_weights(windows: dict[str, torch.Tensor]) -> torch.Tensor:
     weights corpora equally (duplicating windows leaves a corpus's own mean unchanged)."""
     lengths = {ids.shape[1] for ids in windows.values()}
     if len(lengths) != 1:
-        raise SystemExit(f"corpora differ in window length: { {spec: tuple(ids.shape) for spec, ids in windows.items()} }")
+        raise SystemExit(
+            f"corpora differ in window length: { {spec: tuple(ids.shape) for spec, ids in windows.items()} }"
+        )
     common = math.lcm(*(ids.shape[0] for ids in windows.values()))
     return torch.cat([ids.repeat(common // ids.shape[0], 1) for ids in windows.values()])
 
@@ -55,7 +57,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="gemma3-270m")
     parser.add_argument("--ks", type=lambda t: [int(x) for x in t.split(",")], default=[4, 6])
-    parser.add_argument("--tier", choices=TIERS, default="gpu", help="bench_quality tier whose held-out protocol to use")
+    parser.add_argument(
+        "--tier", choices=TIERS, default="gpu", help="bench_quality tier whose held-out protocol to use"
+    )
     parser.add_argument("--runs", help="a bench_quality JSON whose chosen patterns to rank")
     parser.add_argument("--top", type=int, default=20, help="patterns scored exactly")
     parser.add_argument("--radius", type=int, help="score only the patterns within this many swaps of a --runs pattern")
@@ -83,8 +87,14 @@ def main(argv: list[str] | None = None) -> dict:
                 chosen.setdefault(cell["k"], {}).setdefault(tuple(r["mask"]), []).append(f"{run} seed {cell['seed']}")
     blocks = evaluator.num_blocks
     command = shlex.join(["python3", sys.argv[0], *(sys.argv[1:] if argv is None else argv)])
-    result = {"model": args.model, "command": command, "hardware": hardware(), "windows": counts,
-              "dense": evaluator.loss(()), "ks": {}}
+    result = {
+        "model": args.model,
+        "command": command,
+        "hardware": hardware(),
+        "windows": counts,
+        "dense": evaluator.loss(()),
+        "ks": {},
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     for k in args.ks:
         masks = list(itertools.combinations(range(blocks), k))
@@ -94,8 +104,9 @@ def main(argv: list[str] | None = None) -> dict:
         else:  # the scan finds the best exactly; the call below then completes whatever may be in the top
             # the settings its tracked checkpoint was made with (an NLL scan, SLEB-seeded defaults of the time)
             config = SearchConfig(**PAPER_SEARCH, method="exhaustive", chunk=args.chunk, exhaustive_limit=len(masks))
-            scan = run_search(evaluator, k, config, state_dir=Path(args.state or args.out + ".state") / f"k{k}",
-                              resume=True)
+            scan = run_search(
+                evaluator, k, config, state_dir=Path(args.state or args.out + ".state") / f"k{k}", resume=True
+            )
         fits = evaluator.evaluate(masks, survivors=args.top)
         exact = sorted((f for f in fits if f.complete), key=lambda f: f.loss)[: args.top]
         bar = exact[-1].loss
@@ -103,11 +114,18 @@ def main(argv: list[str] | None = None) -> dict:
         for mask, runs in chosen.get(k, {}).items():
             loss = evaluator.loss(mask)  # completes it if it was stopped early
             better = sum(f.loss < loss for f in exact) if loss <= bar else None
-            ranks[str(list(mask))] = {"runs": runs, "heldout_mean": loss,
-                                      "rank": None if better is None else better + 1}
-        result["ks"][k] = {"patterns": len(masks), "radius": args.radius,
-                           "scan": scan and {"seconds": scan.seconds, "resumed": scan.resumed},
-                           "top": [{"mask": list(f.mask), "heldout_mean": f.loss} for f in exact], "chosen": ranks}
+            ranks[str(list(mask))] = {
+                "runs": runs,
+                "heldout_mean": loss,
+                "rank": None if better is None else better + 1,
+            }
+        result["ks"][k] = {
+            "patterns": len(masks),
+            "radius": args.radius,
+            "scan": scan and {"seconds": scan.seconds, "resumed": scan.resumed},
+            "top": [{"mask": list(f.mask), "heldout_mean": f.loss} for f in exact],
+            "chosen": ranks,
+        }
         print(json.dumps({"k": k, "best": result["ks"][k]["top"][0], "chosen": ranks}), flush=True)
         result["seconds"] = round(time.perf_counter() - start, 1)
         result["evaluator"] = evaluator.stats.as_dict()
@@ -117,21 +135,40 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def markdown(model: str, result: dict, top: int) -> str:
-    lines = [f"# Held-out oracle: {model}", "", f"Command: `{result['command']}`", "",
-             f"Hardware: {result['hardware']}. Wall time {result['seconds']:.0f} s. Held-out windows per corpus "
-             f"(windows, tokens), each corpus's repeated up to a common count: {result['windows']}. "
-             f"Dense held-out mean log-ppl {result['dense']:.4f}.", ""]
+    lines = [
+        f"# Held-out oracle: {model}",
+        "",
+        f"Command: `{result['command']}`",
+        "",
+        f"Hardware: {result['hardware']}. Wall time {result['seconds']:.0f} s. Held-out windows per corpus "
+        f"(windows, tokens), each corpus's repeated up to a common count: {result['windows']}. "
+        f"Dense held-out mean log-ppl {result['dense']:.4f}.",
+        "",
+    ]
     for k, row in result["ks"].items():
         scope = "all of them" if row["radius"] is None else f"those within {row['radius']} swap(s) of a chosen pattern"
         if row.get("scan"):  # absent from runs made before the scan could resume
-            scope += f", scanned in {row['scan']['seconds']:.0f} s{' over several calls' if row['scan']['resumed'] else ''}"
-        lines += [f"## k = {k} ({row['patterns']:,} patterns scored: {scope})", "",
-                  "| rank | mask | held-out mean log-ppl |", "|---|---|---|"]
+            scope += (
+                f", scanned in {row['scan']['seconds']:.0f} s{' over several calls' if row['scan']['resumed'] else ''}"
+            )
+        lines += [
+            f"## k = {k} ({row['patterns']:,} patterns scored: {scope})",
+            "",
+            "| rank | mask | held-out mean log-ppl |",
+            "|---|---|---|",
+        ]
         lines += [f"| {i + 1} | {t['mask']} | {t['heldout_mean']:.4f} |" for i, t in enumerate(row["top"])]
-        lines += ["", "Patterns chosen in the `--runs` benchmark:", "",
-                  "| mask | held-out | rank | chosen by |", "|---|---|---|---|"]
-        lines += [f"| {mask} | {c['heldout_mean']:.4f} | {c['rank'] or f'> {top}'} | {', '.join(c['runs'])} |"
-                  for mask, c in row["chosen"].items()]
+        lines += [
+            "",
+            "Patterns chosen in the `--runs` benchmark:",
+            "",
+            "| mask | held-out | rank | chosen by |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {mask} | {c['heldout_mean']:.4f} | {c['rank'] or f'> {top}'} | {', '.join(c['runs'])} |"
+            for mask, c in row["chosen"].items()
+        ]
         lines.append("")
     return "\n".join(lines)
 

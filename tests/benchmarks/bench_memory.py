@@ -29,8 +29,13 @@ import torch
 import transformers
 
 LLAMA_2_7B = dict(
-    vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-    num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096,
+    vocab_size=32000,
+    hidden_size=4096,
+    intermediate_size=11008,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=32,
+    max_position_embeddings=4096,
 )
 
 
@@ -41,14 +46,18 @@ def build(workdir: Path, text: str) -> None:
     core = Tokenizer(models.BPE())
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=LLAMA_2_7B["vocab_size"], special_tokens=["<s>", "</s>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=LLAMA_2_7B["vocab_size"],
+        special_tokens=["<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     core.train_from_iterator([text], trainer)
     tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>")
     torch.manual_seed(0)
     with torch.device("cuda"):
         model = transformers.AutoModelForCausalLM.from_config(
-            transformers.LlamaConfig(**LLAMA_2_7B, bos_token_id=0, eos_token_id=1), dtype=torch.bfloat16)
+            transformers.LlamaConfig(**LLAMA_2_7B, bos_token_id=0, eos_token_id=1), dtype=torch.bfloat16
+        )
     model.save_pretrained(workdir)
     tokenizer.save_pretrained(workdir)
     del model
@@ -78,9 +87,26 @@ def main() -> None:
     build(args.workdir, text)
     built_s = time.perf_counter() - started
     baseline = gpu_used_bytes()
-    command = [sys.executable, "-m", "evop_hub.cli", "ppl", str(args.workdir), "--dtype", "bfloat16",
-               "--max-memory", f"0={args.cap},cpu=100GiB", "--corpus", "wikitext2:test", "--data-dir", args.data_dir,
-               "--seq-len", args.seq_len, "--max-windows", str(args.windows), "--json"]
+    command = [
+        sys.executable,
+        "-m",
+        "evop_hub.cli",
+        "ppl",
+        str(args.workdir),
+        "--dtype",
+        "bfloat16",
+        "--max-memory",
+        f"0={args.cap},cpu=100GiB",
+        "--corpus",
+        "wikitext2:test",
+        "--data-dir",
+        args.data_dir,
+        "--seq-len",
+        args.seq_len,
+        "--max-windows",
+        str(args.windows),
+        "--json",
+    ]
     peak, running = [baseline], True
 
     def sample() -> None:
@@ -99,25 +125,27 @@ def main() -> None:
         sys.exit(f"evop-hub ppl failed ({child.returncode}):\n{child.stderr[-3000:]}")
     gib = (peak[0] - baseline) / 2**30
     cap = float(args.cap.removesuffix("GiB"))
-    report = "\n".join([
-        "# `evop-hub ppl` on a 7B shape (bf16) under a --max-memory cap",
-        "",
-        f"Command: `{shlex.join(['python', *sys.argv])}`  ",
-        f"Date: {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}  ",
-        f"Hardware: {torch.cuda.get_device_name(0)}; torch {torch.__version__}, transformers {transformers.__version__}  ",
-        f"Model: random weights in Llama-2-7B's shapes (checkpoint written in {built_s:.0f} s), "
-        f"byte-level BPE tokenizer of {LLAMA_2_7B['vocab_size']} tokens trained on WikiText-2 test.",
-        "",
-        f"Child command: `{shlex.join(command)}` ({seconds:.1f} s)",
-        "",
-        f"Peak GPU memory of the child (NVML, CUDA context included): **{gib:.2f} GiB**, "
-        f"{'under' if gib < cap else 'OVER'} the {args.cap} cap.",
-        "",
-        "```json",
-        child.stdout.strip(),
-        "```",
-        "",
-    ])
+    report = "\n".join(
+        [
+            "# `evop-hub ppl` on a 7B shape (bf16) under a --max-memory cap",
+            "",
+            f"Command: `{shlex.join(['python', *sys.argv])}`  ",
+            f"Date: {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}  ",
+            f"Hardware: {torch.cuda.get_device_name(0)}; torch {torch.__version__}, transformers {transformers.__version__}  ",
+            f"Model: random weights in Llama-2-7B's shapes (checkpoint written in {built_s:.0f} s), "
+            f"byte-level BPE tokenizer of {LLAMA_2_7B['vocab_size']} tokens trained on WikiText-2 test.",
+            "",
+            f"Child command: `{shlex.join(command)}` ({seconds:.1f} s)",
+            "",
+            f"Peak GPU memory of the child (NVML, CUDA context included): **{gib:.2f} GiB**, "
+            f"{'under' if gib < cap else 'OVER'} the {args.cap} cap.",
+            "",
+            "```json",
+            child.stdout.strip(),
+            "```",
+            "",
+        ]
+    )
     print(report)
     print(json.dumps({"peak_gib": round(gib, 3), "cap_gib": cap, "under_cap": gib < cap, "seconds": round(seconds, 1)}))
     if args.output:

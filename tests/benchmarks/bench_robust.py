@@ -83,16 +83,30 @@ class Protocol:
 
 TIERS = {
     "gpu": Protocol(["smollm2-135m", "gemma3-270m"], None, [0.2, 0.3], [0, 1, 2], samples=40, seq_len=2048),
-    "cpu": Protocol(["smollm2-135m"], 12, [0.25], [0], samples=8, seq_len=64, mixture="wiki-leads:valid",
-                    paper_samples=3, stages="4@16",
-                    search={"population": 8, "generations": 3, "patience": 2},
-                    heldout_windows=1, heldout_seq_len=64, dtype="float32", device="cpu", cache_gib=1.0),
+    "cpu": Protocol(
+        ["smollm2-135m"],
+        12,
+        [0.25],
+        [0],
+        samples=8,
+        seq_len=64,
+        mixture="wiki-leads:valid",
+        paper_samples=3,
+        stages="4@16",
+        search={"population": 8, "generations": 3, "patience": 2},
+        heldout_windows=1,
+        heldout_seq_len=64,
+        dtype="float32",
+        device="cpu",
+        cache_gib=1.0,
+    ),
 }
 
 
 def calibration_ids(corpus, tokenizer, protocol: Protocol, seed: int, sampler: str, samples: int):
-    config = CalibrationConfig(sampler=sampler, clusters=samples, seq_len=protocol.seq_len, seed=seed,
-                               data_dir=protocol.data_dir)
+    config = CalibrationConfig(
+        sampler=sampler, clusters=samples, seq_len=protocol.seq_len, seed=seed, data_dir=protocol.data_dir
+    )
     return calibrate(corpus, tokenizer, config).input_ids.to(protocol.device)
 
 
@@ -101,7 +115,11 @@ def searches(protocol: Protocol, seed: int) -> dict[str, SearchConfig]:
     base = replace(SearchConfig(seed=seed), **protocol.search)
     default = base if protocol.stages is None else replace(base, stages=protocol.stages)
     paper = replace(base, **PAPER_SEARCH)
-    return {"default": default, "paper": paper, **{m: replace(paper, method=m) for m in ("sleb", "shortgpt", "angular")}}
+    return {
+        "default": default,
+        "paper": paper,
+        **{m: replace(paper, method=m) for m in ("sleb", "shortgpt", "angular")},
+    }
 
 
 CALIBRATION = {"default": "mixture", "paper": "wikitext", "sleb": "random", "shortgpt": "random", "angular": "random"}
@@ -118,19 +136,37 @@ def run_seed(name: str, loaded, protocol: Protocol, seed: int, todo: list[tuple[
         config = configs[method]
         if (name, config.fitness, config.stages) not in evaluators:
             start = time.perf_counter()
-            sampler, corpus, samples = {"mixture": ("ccds", "mixture", protocol.samples),
-                                        "wikitext": ("ccds", "wikitext", protocol.paper_samples),
-                                        "random": ("random", "wikitext", protocol.paper_samples)}[name]
+            sampler, corpus, samples = {
+                "mixture": ("ccds", "mixture", protocol.samples),
+                "wikitext": ("ccds", "wikitext", protocol.paper_samples),
+                "random": ("random", "wikitext", protocol.paper_samples),
+            }[name]
             ids = calibration_ids(corpora[corpus], loaded.tokenizer, protocol, seed, sampler, samples)
-            evaluator = evaluator_for(loaded.model, ids, config, batch_size=protocol.batch_size, cache_bytes=int(protocol.cache_gib * (1 << 30)))
+            evaluator = evaluator_for(
+                loaded.model,
+                ids,
+                config,
+                batch_size=protocol.batch_size,
+                cache_bytes=int(protocol.cache_gib * (1 << 30)),
+            )
             evaluators[name, config.fitness, config.stages] = (evaluator, ids.numel(), time.perf_counter() - start)
         evaluator, tokens, calibration_seconds = evaluators[name, config.fitness, config.stages]
         start = time.perf_counter()
         result = run_search(evaluator, k, config, progress=False)
-        emit(k, method, list(result.mask), {
-            "calibration_tokens": tokens, "seconds": round(time.perf_counter() - start, 2),
-            "calibration_seconds": round(calibration_seconds, 2), "fitness": config.fitness, "stages": config.stages,
-            "calibration_fitness": result.loss, "block_forwards": result.stats["block_forwards"]})
+        emit(
+            k,
+            method,
+            list(result.mask),
+            {
+                "calibration_tokens": tokens,
+                "seconds": round(time.perf_counter() - start, 2),
+                "calibration_seconds": round(calibration_seconds, 2),
+                "fitness": config.fitness,
+                "stages": config.stages,
+                "calibration_fitness": result.loss,
+                "block_forwards": result.stats["block_forwards"],
+            },
+        )
 
 
 def oracle_mask(name: str, k: int) -> list[int] | None:
@@ -148,11 +184,19 @@ def run_model(spec: str, protocol: Protocol, rows: list[dict[str, Any]], save) -
     for seed in protocol.seeds:
         if loaded is None:
             loaded = load_model(path or name, protocol)
-            heldout = HeldOut.from_corpora(loaded.model, loaded.tokenizer, protocol.heldout, protocol.heldout_seq_len,
-                                           protocol.heldout_windows, protocol.data_dir,
-                                           int(protocol.cache_gib * (1 << 30)))
-            corpora = {"mixture": load_corpus(protocol.mixture, protocol.data_dir),
-                       "wikitext": load_corpus("wikitext2:valid", protocol.data_dir)}
+            heldout = HeldOut.from_corpora(
+                loaded.model,
+                loaded.tokenizer,
+                protocol.heldout,
+                protocol.heldout_seq_len,
+                protocol.heldout_windows,
+                protocol.data_dir,
+                int(protocol.cache_gib * (1 << 30)),
+            )
+            corpora = {
+                "mixture": load_corpus(protocol.mixture, protocol.data_dir),
+                "wikitext": load_corpus("wikitext2:valid", protocol.data_dir),
+            }
         blocks = len(loaded.record.kept_blocks)
         ks = [num_drop(blocks, s) for s in protocol.sparsities]
         todo = [(k, m) for k in ks for m in METHODS if (k, seed, m) not in done]
@@ -163,11 +207,25 @@ def run_model(spec: str, protocol: Protocol, rows: list[dict[str, Any]], save) -
             if mask is None:
                 return
             per_corpus = heldout.score(mask)
-            rows.append({"model": name, "k": k, "seed": seed, "method": method, "mask": mask,
-                         "heldout_mean": sum(per_corpus.values()) / len(per_corpus), "heldout": per_corpus, **extra})
+            rows.append(
+                {
+                    "model": name,
+                    "k": k,
+                    "seed": seed,
+                    "method": method,
+                    "mask": mask,
+                    "heldout_mean": sum(per_corpus.values()) / len(per_corpus),
+                    "heldout": per_corpus,
+                    **extra,
+                }
+            )
             save()
-            print(json.dumps({key: rows[-1][key] for key in ("model", "k", "seed", "method", "mask", "heldout_mean",
-                                                               "seconds")}), flush=True)
+            print(
+                json.dumps(
+                    {key: rows[-1][key] for key in ("model", "k", "seed", "method", "mask", "heldout_mean", "seconds")}
+                ),
+                flush=True,
+            )
 
         run_seed(name, loaded, protocol, seed, todo, corpora, emit)
 
@@ -184,42 +242,72 @@ def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         others = [v for m, v in means.items() if m not in ("default", "oracle")]
         default = means.get("default")
         oracle = means.get("oracle")
-        wins = default is not None and all(default < v for v in others) or (
-            oracle is not None and default is not None and abs(default - oracle) < 1e-9)
-        out.append({"model": model, "k": k, "seeds": {m: len(rs) for m, rs in methods.items()},
-                    "heldout_mean": means, "seconds": seconds, "default_lowest": bool(wins),
-                    "default_not_slower_than_paper": default is not None and "paper" in seconds
-                    and seconds["default"] <= seconds["paper"]})
+        wins = (
+            default is not None
+            and all(default < v for v in others)
+            or (oracle is not None and default is not None and abs(default - oracle) < 1e-9)
+        )
+        out.append(
+            {
+                "model": model,
+                "k": k,
+                "seeds": {m: len(rs) for m, rs in methods.items()},
+                "heldout_mean": means,
+                "seconds": seconds,
+                "default_lowest": bool(wins),
+                "default_not_slower_than_paper": default is not None
+                and "paper" in seconds
+                and seconds["default"] <= seconds["paper"],
+            }
+        )
     return out
 
 
 def markdown(result: dict[str, Any]) -> str:
     p = result["protocol"]
     lines = [
-        f"# Robust pruning: every block method on held-out text ({result['tier']} tier)", "",
-        f"Command: `{result['command']}`", "",
-        f"Hardware: {result['hardware']}. Date: {result['date']}.", "",
+        f"# Robust pruning: every block method on held-out text ({result['tier']} tier)",
+        "",
+        f"Command: `{result['command']}`",
+        "",
+        f"Hardware: {result['hardware']}. Date: {result['date']}.",
+        "",
         f"Protocol: sparsities {p['sparsities']} of each model's blocks, seeds {p['seeds']}; `default` calibrates on "
         f"CCDS over `{p['mixture']}` ({p['samples']} x {p['seq_len']} tokens, KL fitness, staged selection), `paper` on CCDS "
         f"of {p['paper_samples']} x {p['seq_len']} WikiText-2 valid tokens (NLL), `sleb`, `shortgpt` and `angular` on "
         f"{p['paper_samples']} random windows of WikiText-2 valid. Held-out mean log-perplexity = mean over "
         f"{', '.join(p['heldout'])} of the per-token NLL on the first {p['heldout_windows']} windows of "
-        f"{p['heldout_seq_len']} tokens.", "",
-        "Averaged over seeds (held-out mean log-perplexity, lower is better; search seconds in brackets):", "",
+        f"{p['heldout_seq_len']} tokens.",
+        "",
+        "Averaged over seeds (held-out mean log-perplexity, lower is better; search seconds in brackets):",
+        "",
         "| model | k | " + " | ".join(METHODS) + " | default lowest | default's search no slower than paper's |",
         "|---|---|" + "---|" * len(METHODS) + "---|---|",
     ]
     for s in result["summary"]:
-        cells = [f"{s['heldout_mean'][m]:.4f} ({s['seconds'][m]:.0f} s)" if m in s["heldout_mean"] else "-"
-                 for m in METHODS]
-        lines.append(f"| {s['model']} | {s['k']} | " + " | ".join(cells)
-                     + f" | {'yes' if s['default_lowest'] else 'no'} | {'yes' if s['default_not_slower_than_paper'] else 'no'} |")
-    lines += ["", "Per seed:", "", "| model | k | seed | method | mask | held-out mean | " + " | ".join(p["heldout"])
-              + " | calib. tokens | search s |", "|---|---|---|---|---|---|" + "---|" * len(p["heldout"]) + "---|---|"]
+        cells = [
+            f"{s['heldout_mean'][m]:.4f} ({s['seconds'][m]:.0f} s)" if m in s["heldout_mean"] else "-" for m in METHODS
+        ]
+        lines.append(
+            f"| {s['model']} | {s['k']} | "
+            + " | ".join(cells)
+            + f" | {'yes' if s['default_lowest'] else 'no'} | {'yes' if s['default_not_slower_than_paper'] else 'no'} |"
+        )
+    lines += [
+        "",
+        "Per seed:",
+        "",
+        "| model | k | seed | method | mask | held-out mean | "
+        + " | ".join(p["heldout"])
+        + " | calib. tokens | search s |",
+        "|---|---|---|---|---|---|" + "---|" * len(p["heldout"]) + "---|---|",
+    ]
     for r in result["rows"]:
         per = " | ".join(f"{r['heldout'][c]:.4f}" for c in p["heldout"])
-        lines.append(f"| {r['model']} | {r['k']} | {r['seed']} | {r['method']} | {r['mask']} | {r['heldout_mean']:.4f} | "
-                     f"{per} | {r['calibration_tokens']} | {r['seconds']:.1f} |")
+        lines.append(
+            f"| {r['model']} | {r['k']} | {r['seed']} | {r['method']} | {r['mask']} | {r['heldout_mean']:.4f} | "
+            f"{per} | {r['calibration_tokens']} | {r['seconds']:.1f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -271,9 +359,14 @@ def merge(parts: list[str], out: str) -> dict[str, Any]:
     protocol = {**metas[0]["protocol"], "seeds": sorted({s for m in metas for s in m["protocol"]["seeds"]})}
     if any({**m["protocol"], "seeds": protocol["seeds"]} != protocol for m in metas):
         sys.exit("error: the runs to merge differ in more than their seeds")
-    info = {**{k: metas[0][k] for k in ("tier", "hardware", "date")}, "protocol": protocol,
-            "command": " ; ".join(m["command"] for m in metas)}
-    rows = sorted((r for rs, _ in runs for r in rs), key=lambda r: (r["model"], r["seed"], r["k"], METHODS.index(r["method"])))
+    info = {
+        **{k: metas[0][k] for k in ("tier", "hardware", "date")},
+        "protocol": protocol,
+        "command": " ; ".join(m["command"] for m in metas),
+    }
+    rows = sorted(
+        (r for rs, _ in runs for r in rs), key=lambda r: (r["model"], r["seed"], r["k"], METHODS.index(r["method"]))
+    )
     return write_result(out, info, rows)
 
 
@@ -285,10 +378,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out_json = Path(args.out + ".json")
     out_json.parent.mkdir(parents=True, exist_ok=True)
     rows, meta = read(args.out) if out_json.is_file() else ([], {})
-    info = {"tier": args.tier, "command": shlex.join([Path(sys.executable).name, *sys.argv]),
-            "hardware": meta.get("hardware") or hardware(),
-            "date": meta.get("date") or datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "protocol": asdict(protocol)}
+    info = {
+        "tier": args.tier,
+        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+        "hardware": meta.get("hardware") or hardware(),
+        "date": meta.get("date") or datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "protocol": asdict(protocol),
+    }
     if rows and meta.get("protocol") != info["protocol"]:
         sys.exit(f"error: {out_json} holds rows of another protocol; use another --out")
 

@@ -39,9 +39,8 @@ from bench_speed import LLAMA_2_13B
 
 import evop_hub
 from evop_hub.models import find_blocks
-from evop_hub.models.runner import BlockRunner
+from evop_hub.scoring import BlockRunner
 from evop_hub.search import Evaluator, EvaluatorStats, Fitness, SearchConfig, SerialEvaluator, run_search
-
 
 NARROW = {"hidden_size": 64, "intermediate_size": 172, "num_attention_heads": 4, "num_key_value_heads": 4}
 
@@ -135,10 +134,12 @@ def gpu_tier(args) -> None:
     shape = {**LLAMA_2_13B, **(NARROW if args.narrow else {})}
     with torch.device(args.device):
         model = transformers.AutoModelForCausalLM.from_config(
-            transformers.LlamaConfig(**shape), dtype=getattr(torch, args.dtype)).eval()
+            transformers.LlamaConfig(**shape), dtype=getattr(torch, args.dtype)
+        ).eval()
     blocks = shape["num_hidden_layers"]
-    calibration = torch.randint(0, shape["vocab_size"], (args.samples, args.seq_len),
-                                generator=torch.Generator().manual_seed(0)).to(args.device)
+    calibration = torch.randint(
+        0, shape["vocab_size"], (args.samples, args.seq_len), generator=torch.Generator().manual_seed(0)
+    ).to(args.device)
     defaults = evop_hub.PruneConfig()
     k = math.ceil(0.2 * blocks)
 
@@ -160,12 +161,23 @@ def gpu_tier(args) -> None:
     hf = sorted(timed(hf_forward, args.device) for _ in range(args.repeats))[args.repeats // 2]
     ours_pass = sorted(timed(our_pass, args.device) for _ in range(args.repeats))[args.repeats // 2]
     tokens = calibration.numel()
-    print(json.dumps({"full_forward_s": round(hf, 4), "hf_tokens_per_s": round(tokens / hf),
-                      "evaluator_dense_pass_s": round(ours_pass, 4), "evaluator_tokens_per_s": round(tokens / ours_pass),
-                      "evaluator_vs_hf_tokens_per_s": round(hf / ours_pass, 3)}), flush=True)
+    print(
+        json.dumps(
+            {
+                "full_forward_s": round(hf, 4),
+                "hf_tokens_per_s": round(tokens / hf),
+                "evaluator_dense_pass_s": round(ours_pass, 4),
+                "evaluator_tokens_per_s": round(tokens / ours_pass),
+                "evaluator_vs_hf_tokens_per_s": round(hf / ours_pass, 3),
+            }
+        ),
+        flush=True,
+    )
 
     counter, handles = count_block_calls(model)
-    evaluator = SerialEvaluator(model, calibration, batch_size=defaults.batch_size, cache_bytes=int(args.cache_gib * (1 << 30)))
+    evaluator = SerialEvaluator(
+        model, calibration, batch_size=defaults.batch_size, cache_bytes=int(args.cache_gib * (1 << 30))
+    )
     found = {}
 
     def search():
@@ -176,17 +188,30 @@ def gpu_tier(args) -> None:
         h.remove()
     result = found["result"]
     reference_s = hf * args.reference_forwards
-    print(json.dumps({
-        "search": asdict(defaults.search), "k": k, "mask": list(result.mask), "loss": result.loss,
-        "seconds": round(seconds, 1), "block_calls": counter["calls"], "block_passes": counter["passes"],
-        "full_forward_equivalents": round(counter["passes"] / (blocks * args.samples), 1),
-        "block_pass_ratio": round(args.reference_forwards * blocks * args.samples / counter["passes"], 2),
-        "evaluator": result.stats, "steps": len(result.trace),
-        "reference_forwards": args.reference_forwards, "reference_s_extrapolated": round(reference_s, 1),
-        "speedup_vs_reference": round(reference_s / seconds, 2),
-        "hardware": torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor(),
-        "torch": torch.__version__, "transformers": transformers.__version__,
-    }), flush=True)
+    print(
+        json.dumps(
+            {
+                "search": asdict(defaults.search),
+                "k": k,
+                "mask": list(result.mask),
+                "loss": result.loss,
+                "seconds": round(seconds, 1),
+                "block_calls": counter["calls"],
+                "block_passes": counter["passes"],
+                "full_forward_equivalents": round(counter["passes"] / (blocks * args.samples), 1),
+                "block_pass_ratio": round(args.reference_forwards * blocks * args.samples / counter["passes"], 2),
+                "evaluator": result.stats,
+                "steps": len(result.trace),
+                "reference_forwards": args.reference_forwards,
+                "reference_s_extrapolated": round(reference_s, 1),
+                "speedup_vs_reference": round(reference_s / seconds, 2),
+                "hardware": torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor(),
+                "torch": torch.__version__,
+                "transformers": transformers.__version__,
+            }
+        ),
+        flush=True,
+    )
 
 
 def main():
@@ -194,11 +219,16 @@ def main():
     parser.add_argument("--model", choices=["smollm2-135m", "llama-2-13b-shape"], default="smollm2-135m")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--cache-gib", type=float, default=40.0, help="GPU tier: prefix cache budget")
-    parser.add_argument("--reference-forwards", type=int, default=50 * 100, help="GPU tier: the reference GA's forwards")
+    parser.add_argument(
+        "--reference-forwards", type=int, default=50 * 100, help="GPU tier: the reference GA's forwards"
+    )
     parser.add_argument("--repeats", type=int, default=5, help="GPU tier: timings per median")
     parser.add_argument("--dtype", default="bfloat16", help="GPU tier: the model's dtype")
-    parser.add_argument("--narrow", action="store_true",
-                        help="GPU tier on CPU: 40 blocks of width 64, to count the search's passes (timings mean nothing)")
+    parser.add_argument(
+        "--narrow",
+        action="store_true",
+        help="GPU tier on CPU: 40 blocks of width 64, to count the search's passes (timings mean nothing)",
+    )
     parser.add_argument("--blocks", type=int, default=30, help="use the first N blocks of SmolLM2-135M")
     parser.add_argument("--k", type=int, default=6)
     parser.add_argument("--samples", type=int, default=4)
@@ -219,8 +249,9 @@ def main():
     ids = loaded.tokenizer(open(args.data).read()[:400_000], return_tensors="pt").input_ids[0]
     starts = torch.randint(0, len(ids) - args.seq_len, (args.samples,), generator=torch.Generator().manual_seed(0))
     calibration = torch.stack([ids[s : s + args.seq_len] for s in starts])
-    config = SearchConfig(method=args.method, population=args.population, generations=args.generations,
-                          seed_sleb=args.seed_sleb)
+    config = SearchConfig(
+        method=args.method, population=args.population, generations=args.generations, seed_sleb=args.seed_sleb
+    )
     rows, ours_evaluator, cosine_calls = {}, SerialEvaluator(loaded.model, calibration), []
     dense_cosines = ours_evaluator.layer_cosines  # one dense walk per call, outside the masks' prefix tree
     ours_evaluator.layer_cosines = lambda distance: cosine_calls.append(distance) or dense_cosines(distance)
@@ -231,9 +262,14 @@ def main():
         seconds = time.perf_counter() - start
         for h in handles:
             h.remove()
-        rows[name] = {"mask": list(result.mask), "loss": result.loss, "block_passes": counter["passes"],
-                      "block_calls": counter["calls"],
-                      "seconds": round(seconds, 2), "masks_requested": result.stats["evaluations"]}
+        rows[name] = {
+            "mask": list(result.mask),
+            "loss": result.loss,
+            "block_passes": counter["passes"],
+            "block_calls": counter["calls"],
+            "seconds": round(seconds, 2),
+            "masks_requested": result.stats["evaluations"],
+        }
         print(name, json.dumps(rows[name]), flush=True)
     ours, ref = rows["evop-hub"], rows["reference"]
     dense_walks = ours_evaluator.num_blocks * len(calibration) * len(cosine_calls)

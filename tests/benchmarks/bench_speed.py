@@ -28,8 +28,13 @@ from evop_hub.evaluate import SpeedConfig, speed
 from evop_hub.models import drop, find_blocks, load
 
 LLAMA_2_13B = dict(
-    vocab_size=32000, hidden_size=5120, intermediate_size=13824, num_hidden_layers=40,
-    num_attention_heads=40, num_key_value_heads=40, max_position_embeddings=4096,
+    vocab_size=32000,
+    hidden_size=5120,
+    intermediate_size=13824,
+    num_hidden_layers=40,
+    num_attention_heads=40,
+    num_key_value_heads=40,
+    max_position_embeddings=4096,
 )
 
 
@@ -78,26 +83,28 @@ def main() -> None:
     result = speed(dense, pruned, config)
     elapsed = (dt.datetime.now(dt.timezone.utc) - started).total_seconds()
 
-    report = "\n".join([
-        f"# Speed: {args.model}, dense ({result.dense.blocks} blocks) vs {len(dropped)} blocks dropped",
-        "",
-        f"Command: `{shlex.join(['python', *sys.argv])}`  ",
-        f"Date: {started.isoformat(timespec='seconds')}; measurement took {elapsed:.0f} s; "
-        f"1-minute load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after "
-        "(other jobs share this machine)  ",
-        f"Hardware: {result.hardware}; torch {torch.__version__}, transformers {transformers.__version__}  ",
-        f"Dropped blocks (original numbering): {dropped}; dtype {next(dense.parameters()).dtype}",
-        "",
-        result.table(),
-        "",
-        "<details><summary>Raw result (JSON)</summary>",
-        "",
-        "```json",
-        json.dumps(result.to_dict(), indent=2),
-        "```",
-        "</details>",
-        "",
-    ])
+    report = "\n".join(
+        [
+            f"# Speed: {args.model}, dense ({result.dense.blocks} blocks) vs {len(dropped)} blocks dropped",
+            "",
+            f"Command: `{shlex.join(['python', *sys.argv])}`  ",
+            f"Date: {started.isoformat(timespec='seconds')}; measurement took {elapsed:.0f} s; "
+            f"1-minute load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after "
+            "(other jobs share this machine)  ",
+            f"Hardware: {result.hardware}; torch {torch.__version__}, transformers {transformers.__version__}  ",
+            f"Dropped blocks (original numbering): {dropped}; dtype {next(dense.parameters()).dtype}",
+            "",
+            result.table(),
+            "",
+            "<details><summary>Raw result (JSON)</summary>",
+            "",
+            "```json",
+            json.dumps(result.to_dict(), indent=2),
+            "```",
+            "</details>",
+            "",
+        ]
+    )
     print(report)
     if args.output:
         tmp = args.output.with_suffix(".tmp")

@@ -45,8 +45,11 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     start = time.perf_counter()
     loaded = evop_hub.load(args.model, LoadConfig(dtype="float32"))
-    ids = calibrate(args.corpus, loaded.tokenizer, CalibrationConfig(clusters=args.samples, seq_len=args.seq_len,
-                                                                   data_dir=args.data_dir)).input_ids
+    ids = calibrate(
+        args.corpus,
+        loaded.tokenizer,
+        CalibrationConfig(clusters=args.samples, seq_len=args.seq_len, data_dir=args.data_dir),
+    ).input_ids
     full = SerialEvaluator(loaded.model, ids, batch_size=1, fitness="kl")
     m = full.num_blocks
     masks = {tuple(sorted(random.Random(i).sample(range(m), args.k))) for i in range(args.masks)}
@@ -55,14 +58,24 @@ def main(argv: list[str] | None = None) -> dict:
     masks = sorted(masks)
     truth = [f.loss for f in full.evaluate(masks)]
     best = masks[min(range(len(masks)), key=truth.__getitem__)]
-    result = {"command": shlex.join([Path(sys.executable).name, *sys.argv]), "hardware": hardware(),
-              "corpus": args.corpus, "k": args.k, "samples": args.samples, "seq_len": args.seq_len, "masks": len(masks),
-              "keep": args.keep, "rows": []}
+    result = {
+        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+        "hardware": hardware(),
+        "corpus": args.corpus,
+        "k": args.k,
+        "samples": args.samples,
+        "seq_len": args.seq_len,
+        "masks": len(masks),
+        "keep": args.keep,
+        "rows": [],
+    }
     for tokens in map(int, args.prefixes.split(",")):  # written after every prefix: a cut-off run keeps its rows
         prefix = SerialEvaluator(loaded.model, ids[:, :tokens], batch_size=args.samples, fitness="kl")
         scores = [f.loss for f in prefix.evaluate(masks)]
         kept = sorted(masks, key=lambda mask: scores[masks.index(mask)])[: args.keep]
-        result["rows"].append({"tokens": tokens, "spearman": spearmanr(scores, truth).statistic, "best_kept": best in kept})
+        result["rows"].append(
+            {"tokens": tokens, "spearman": spearmanr(scores, truth).statistic, "best_kept": best in kept}
+        )
         print(json.dumps(result["rows"][-1]), flush=True)
         result["seconds"] = round(time.perf_counter() - start, 1)
         save(args, result)
@@ -70,11 +83,19 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def save(args: argparse.Namespace, result: dict) -> None:
-    lines = [f"# Screening prefixes against the full KL ranking ({args.model}, k = {args.k})", "",
-             f"Command: `{result['command']}`", "", f"Hardware: {result['hardware']}. {result['seconds']:.0f} s.", "",
-             f"{result['masks']} patterns ({args.masks} random draws, angular's, ShortGPT's), KL fitness on CCDS over "
-             f"`{result['corpus']}`, {args.samples} x {args.seq_len} tokens.", "",
-             f"| prefix tokens | Spearman with full | full best in the prefix's top {args.keep} |", "|---|---|---|"]
+    lines = [
+        f"# Screening prefixes against the full KL ranking ({args.model}, k = {args.k})",
+        "",
+        f"Command: `{result['command']}`",
+        "",
+        f"Hardware: {result['hardware']}. {result['seconds']:.0f} s.",
+        "",
+        f"{result['masks']} patterns ({args.masks} random draws, angular's, ShortGPT's), KL fitness on CCDS over "
+        f"`{result['corpus']}`, {args.samples} x {args.seq_len} tokens.",
+        "",
+        f"| prefix tokens | Spearman with full | full best in the prefix's top {args.keep} |",
+        "|---|---|---|",
+    ]
     lines += [f"| {r['tokens']} | {r['spearman']:.3f} | {'yes' if r['best_kept'] else 'no'} |" for r in result["rows"]]
     write(Path(args.out + ".json"), json.dumps(result, indent=1))
     write(Path(args.out + ".md"), "\n".join(lines) + "\n")

@@ -16,9 +16,30 @@ SCRIPT = Path(__file__).with_name("bench_e2e.py")
 
 def test_the_cli_runs_end_to_end_and_every_phase_is_timed(wikitext_dir, tmp_path):
     out = tmp_path / "e2e"
-    command = [sys.executable, str(SCRIPT), "--shape", "tiny", "--out", str(out), "--", "--corpus", "pydoc:valid",
-               "--clusters", "3", "--seq-len", "64", "--stages", "2@16", "--population", "6", "--generations", "2",
-               "--quiet", "--data-dir", str(wikitext_dir)]
+    command = [
+        sys.executable,
+        str(SCRIPT),
+        "--shape",
+        "tiny",
+        "--out",
+        str(out),
+        "--",
+        "--corpus",
+        "pydoc:valid",
+        "--clusters",
+        "3",
+        "--seq-len",
+        "64",
+        "--stages",
+        "2@16",
+        "--population",
+        "6",
+        "--generations",
+        "2",
+        "--quiet",
+        "--data-dir",
+        str(wikitext_dir),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=SCRIPT.parent)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads(out.with_suffix(".json").read_text())

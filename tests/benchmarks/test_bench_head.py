@@ -10,8 +10,22 @@ pytestmark = pytest.mark.integration
 
 
 def test_every_supported_loss_variant_keeps_the_runners_numbers(tmp_path):
-    result = main(["--model", "smollm2-135m", "--windows", "3", "--seq-len", "48", "--batch-size", "2",
-                   "--repeats", "1", "--out", str(tmp_path / "head")])
+    result = main(
+        [
+            "--model",
+            "smollm2-135m",
+            "--windows",
+            "3",
+            "--seq-len",
+            "48",
+            "--batch-size",
+            "2",
+            "--repeats",
+            "1",
+            "--out",
+            str(tmp_path / "head"),
+        ]
+    )
     assert "unsupported" not in result["variants"]["log_softmax_dtype"]  # plain torch: runs everywhere
     for name, row in result["variants"].items():
         if "unsupported" not in row:

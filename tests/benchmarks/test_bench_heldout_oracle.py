@@ -19,9 +19,28 @@ def test_oracle_ranks_patterns_as_brute_force_does(wikitext_dir, tmp_path):
     runs = tmp_path / "runs.json"  # the shape of a bench_quality JSON: one model, cells of runs with masks
     cells = [{"seed": i, "k": 1, "runs": {"evop_ccds": {"mask": [i]}}} for i in range(BLOCKS)]  # every pattern "chosen"
     runs.write_text(json.dumps({"models": [{"cells": cells}]}))
-    argv = ["--model", "smollm2-135m", "--tier", "cpu", "--ks", "1", "--top", str(TOP), "--runs", str(runs),
-            "--heldout-windows", str(WINDOWS), "--heldout-seq-len", str(SEQ_LEN), "--chunk", "5",
-            "--data-dir", str(wikitext_dir), "--out", str(tmp_path / "oracle")]
+    argv = [
+        "--model",
+        "smollm2-135m",
+        "--tier",
+        "cpu",
+        "--ks",
+        "1",
+        "--top",
+        str(TOP),
+        "--runs",
+        str(runs),
+        "--heldout-windows",
+        str(WINDOWS),
+        "--heldout-seq-len",
+        str(SEQ_LEN),
+        "--chunk",
+        "5",
+        "--data-dir",
+        str(wikitext_dir),
+        "--out",
+        str(tmp_path / "oracle"),
+    ]
     result = main(argv)
     assert result["ks"][1]["scan"]["resumed"] is False
     # The same command again picks the finished scan up from its checkpoints (a device call that ran out of
@@ -30,8 +49,9 @@ def test_oracle_ranks_patterns_as_brute_force_does(wikitext_dir, tmp_path):
     assert again["ks"][1]["scan"]["resumed"] is True
     assert again["ks"][1]["top"] == result["ks"][1]["top"] and again["ks"][1]["chosen"] == result["ks"][1]["chosen"]
 
-    protocol = replace(TIERS["cpu"], blocks=BLOCKS, heldout_windows=WINDOWS, heldout_seq_len=SEQ_LEN,
-                       data_dir=str(wikitext_dir))
+    protocol = replace(
+        TIERS["cpu"], blocks=BLOCKS, heldout_windows=WINDOWS, heldout_seq_len=SEQ_LEN, data_dir=str(wikitext_dir)
+    )
     heldout = held_out(load_model("smollm2-135m", protocol), protocol)
     means = {(i,): score(heldout, (i,))["heldout_mean"] for i in range(BLOCKS)}
     ranking = sorted(means, key=means.get)

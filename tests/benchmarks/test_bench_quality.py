@@ -27,9 +27,28 @@ BLOCKS, K, SEEDS, WINDOW = 12, 3, [0], 64
 def run(wikitext_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "quality"
     command = [
-        sys.executable, str(SCRIPT), "--tier", "cpu", "--blocks", str(BLOCKS), "--ks", str(K),
-        "--seeds", ",".join(map(str, SEEDS)), "--samples", "3", "--seq-len", "32",
-        "--heldout-windows", "1", "--heldout-seq-len", str(WINDOW), "--data-dir", str(wikitext_dir), "--out", str(out),
+        sys.executable,
+        str(SCRIPT),
+        "--tier",
+        "cpu",
+        "--blocks",
+        str(BLOCKS),
+        "--ks",
+        str(K),
+        "--seeds",
+        ",".join(map(str, SEEDS)),
+        "--samples",
+        "3",
+        "--seq-len",
+        "32",
+        "--heldout-windows",
+        "1",
+        "--heldout-seq-len",
+        str(WINDOW),
+        "--data-dir",
+        str(wikitext_dir),
+        "--out",
+        str(out),
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]

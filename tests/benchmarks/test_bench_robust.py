@@ -18,9 +18,36 @@ KEYS = {"model", "k", "seed", "method", "mask", "heldout_mean", "heldout", "cali
 
 def test_rows_are_complete_finite_and_a_second_run_resumes(wikitext_dir, tmp_path):
     out = tmp_path / "robust"
-    command = [sys.executable, str(SCRIPT), "--tier", "cpu", "--blocks", "8", "--sparsities", "0.25", "--seeds", "0",
-               "--samples", "3", "--paper-samples", "2", "--seq-len", "24", "--stages", "2@8", "--mixture", "pydoc:valid",
-               "--heldout-windows", "1", "--heldout-seq-len", "32", "--data-dir", str(wikitext_dir), "--out", str(out)]
+    command = [
+        sys.executable,
+        str(SCRIPT),
+        "--tier",
+        "cpu",
+        "--blocks",
+        "8",
+        "--sparsities",
+        "0.25",
+        "--seeds",
+        "0",
+        "--samples",
+        "3",
+        "--paper-samples",
+        "2",
+        "--seq-len",
+        "24",
+        "--stages",
+        "2@8",
+        "--mixture",
+        "pydoc:valid",
+        "--heldout-windows",
+        "1",
+        "--heldout-seq-len",
+        "32",
+        "--data-dir",
+        str(wikitext_dir),
+        "--out",
+        str(out),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=SCRIPT.parent)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = json.loads(out.with_suffix(".json").read_text())

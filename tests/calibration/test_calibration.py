@@ -41,7 +41,9 @@ def test_chunks_hold_equal_sentences_across_documents_with_majority_label():
     ]
     assert [c.label for c in chunks] == ["a", "c", "c"]
     tie = split_chunks([Document("Ax one. Ax two.", "a"), Document("By one. By two.", "b")], 4)
-    assert [(c.text, c.label) for c in tie] == [("Ax one. Ax two.\nBy one. By two.", "a")]  # a tie: the first document wins
+    assert [(c.text, c.label) for c in tie] == [
+        ("Ax one. Ax two.\nBy one. By two.", "a")
+    ]  # a tie: the first document wins
     with pytest.raises(EvopError, match="at least 1"):
         split_chunks(docs, 0)
 
@@ -63,7 +65,9 @@ def test_every_ccds_sample_is_seq_len_tokens_of_chunks_from_one_cluster(drawn, c
         assert len(joined) - len(pieces[-1]) < config.seq_len  # stopped as soon as seq_len was reached
         used += held
     assert len(used) == len(set(used))  # no chunk twice: samples never repeat text
-    assert [s["cluster"] for s in meta["samples"]] == [j for j in range(config.clusters) for _ in range(config.samples_per_cluster)]
+    assert [s["cluster"] for s in meta["samples"]] == [
+        j for j in range(config.clusters) for _ in range(config.samples_per_cluster)
+    ]
 
 
 def test_clusters_recover_planted_topics_and_summary_describes_them(drawn, corpus):
@@ -93,7 +97,11 @@ def test_same_seed_gives_byte_identical_files_and_another_seed_does_not(drawn, c
         other = calibrate(corpus, tokenizer, dataclasses.replace(config, seed=1))
     finally:
         monkeypatched.undo()
-    a, b, c = drawn.save(tmp_path / "a.safetensors"), again.save(tmp_path / "b.safetensors"), other.save(tmp_path / "c.safetensors")
+    a, b, c = (
+        drawn.save(tmp_path / "a.safetensors"),
+        again.save(tmp_path / "b.safetensors"),
+        other.save(tmp_path / "c.safetensors"),
+    )
     assert a.read_bytes() == b.read_bytes()
     assert a.read_bytes() != c.read_bytes() and other.metadata["samples"] != drawn.metadata["samples"]
 
@@ -132,7 +140,9 @@ def test_file_round_trip_and_refusals(drawn, corpus, tokenizer, tmp_path):
     path = drawn.save(tmp_path / "cal.safetensors")
     loaded = CalibrationSet.load(path, tokenizer)
     assert torch.equal(loaded.input_ids, drawn.input_ids) and loaded.metadata == drawn.metadata
-    assert loaded.arrays.keys() == drawn.arrays.keys() and all(torch.equal(loaded.arrays[k], drawn.arrays[k]) for k in drawn.arrays)
+    assert loaded.arrays.keys() == drawn.arrays.keys() and all(
+        torch.equal(loaded.arrays[k], drawn.arrays[k]) for k in drawn.arrays
+    )
     assert json.loads(json.dumps(loaded.summary())) == loaded.summary()  # fits in evop_pruning.json
 
     other = word_tokenizer([d.text for d in corpus.documents], extra="zebra")
@@ -155,7 +165,11 @@ def test_file_round_trip_and_refusals(drawn, corpus, tokenizer, tmp_path):
     (tmp_path / "junk.safetensors").write_text("not a safetensors file")
     with pytest.raises(EvopError, match="not a readable safetensors file"):
         CalibrationSet.load(tmp_path / "junk.safetensors")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["cal.safetensors", "junk.safetensors", "plain.safetensors"]  # no temp files left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "cal.safetensors",
+        "junk.safetensors",
+        "plain.safetensors",
+    ]  # no temp files left
 
 
 def test_plot_draws_the_clusters_from_the_file_alone(drawn, corpus, tokenizer, tmp_path):
@@ -176,19 +190,30 @@ def test_corpus_too_small_says_the_numbers(corpus, tokenizer, monkeypatch):
     message = f"corpus topical:all has {total:,} tokens, fewer than the 3 clusters x 2 samples x 1000 tokens = 6,000"
     for sampler in ("ccds", "random"):
         with pytest.raises(EvopError, match=message):
-            calibrate(corpus, tokenizer, CalibrationConfig(sampler=sampler, clusters=3, samples_per_cluster=2, seq_len=1000))
+            calibrate(
+                corpus, tokenizer, CalibrationConfig(sampler=sampler, clusters=3, samples_per_cluster=2, seq_len=1000)
+            )
 
 
 def test_a_cluster_too_small_for_its_samples_is_named(corpus, tokenizer, config):
     # 24 astronomy/cooking documents and 1 football one: 3 clusters, the football one holds 40 tokens
-    lopsided = Corpus("lopsided", "all", "plain", "CC0-1.0", "tests", [d for d in corpus.documents if d.label != "football"] + corpus.documents[2:3])
+    lopsided = Corpus(
+        "lopsided",
+        "all",
+        "plain",
+        "CC0-1.0",
+        "tests",
+        [d for d in corpus.documents if d.label != "football"] + corpus.documents[2:3],
+    )
     with pytest.raises(EvopError, match=r"cluster \d has 40 tokens in 1 chunks, too few for 1 samples of 100 tokens"):
         calibrate(lopsided, tokenizer, dataclasses.replace(config, samples_per_cluster=1))
 
 
 def test_more_clusters_than_chunks(corpus, tokenizer, monkeypatch):
     monkeypatch.setattr(ccds_module, "load_embedder", no_embedding)
-    with pytest.raises(EvopError, match="--clusters 50 is more than the 36 chunks of 4 sentences in corpus topical:all"):
+    with pytest.raises(
+        EvopError, match="--clusters 50 is more than the 36 chunks of 4 sentences in corpus topical:all"
+    ):
         calibrate(corpus, tokenizer, CalibrationConfig(clusters=50, seq_len=2))
 
 
@@ -207,7 +232,9 @@ def test_unloadable_embedder_says_which_and_how_to_give_a_local_path(corpus, tok
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # as on a machine without network, without retries
     for spec in ("no-such-org/no-such-embedder", str(tmp_path)):
         config = CalibrationConfig(clusters=2, seq_len=10, embedder=spec, cache_dir=str(tmp_path / "cache"))
-        with pytest.raises(EvopError, match=f"cannot load sentence embedder '{re.escape(spec)}' .*pass --embedder with a local"):
+        with pytest.raises(
+            EvopError, match=f"cannot load sentence embedder '{re.escape(spec)}' .*pass --embedder with a local"
+        ):
             calibrate(corpus, tokenizer, config)
 
 

@@ -24,18 +24,35 @@ def model_dir(tmp_path, tokenizer):
 
     folder = tmp_path / "model"
     tokenizer.save_pretrained(folder)
-    LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                num_attention_heads=2).save_pretrained(folder)
+    LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2
+    ).save_pretrained(folder)
     return folder
 
 
-def test_cli_writes_the_api_result_and_a_plot_and_refuses_to_overwrite(model_dir, corpus, tmp_path, monkeypatch, embed_cache):
+def test_cli_writes_the_api_result_and_a_plot_and_refuses_to_overwrite(
+    model_dir, corpus, tmp_path, monkeypatch, embed_cache
+):
     monkeypatch.setenv("EVOP_CACHE", str(embed_cache))
     corpus_file = tmp_path / "topical.jsonl"
     corpus_file.write_text("".join(json.dumps({"text": d.text, "label": d.label}) + "\n" for d in corpus.documents))
     output, plot = tmp_path / "cal.safetensors", tmp_path / "clusters.png"
-    args = ["calibrate", str(model_dir), "--corpus", str(corpus_file), "--clusters", "3", "--samples-per-cluster", "2",
-            "--seq-len", "100", "--output", str(output), "--plot", str(plot)]
+    args = [
+        "calibrate",
+        str(model_dir),
+        "--corpus",
+        str(corpus_file),
+        "--clusters",
+        "3",
+        "--samples-per-cluster",
+        "2",
+        "--seq-len",
+        "100",
+        "--output",
+        str(output),
+        "--plot",
+        str(plot),
+    ]
 
     out = CliRunner().invoke(app, args)
     assert out.exit_code == 0, out.output
@@ -46,8 +63,11 @@ def test_cli_writes_the_api_result_and_a_plot_and_refuses_to_overwrite(model_dir
 
     tokenizer = load_tokenizer(str(model_dir))
     saved = CalibrationSet.load(output, tokenizer)
-    expected = calibrate(load_corpus(str(corpus_file)), tokenizer,
-                         CalibrationConfig(clusters=3, samples_per_cluster=2, seq_len=100, cache_dir=str(embed_cache)))
+    expected = calibrate(
+        load_corpus(str(corpus_file)),
+        tokenizer,
+        CalibrationConfig(clusters=3, samples_per_cluster=2, seq_len=100, cache_dir=str(embed_cache)),
+    )
     assert torch.equal(saved.input_ids, expected.input_ids) and saved.metadata == expected.metadata
 
     before = output.read_bytes()
@@ -60,10 +80,23 @@ def test_cli_writes_the_api_result_and_a_plot_and_refuses_to_overwrite(model_dir
 
 
 def test_cli_rejects_bad_options_before_loading_anything(tmp_path):
-    out = CliRunner().invoke(app, ["calibrate", str(tmp_path / "never-loaded"), "--sampler", "kmeans", "--output", str(tmp_path / "x")])
+    out = CliRunner().invoke(
+        app, ["calibrate", str(tmp_path / "never-loaded"), "--sampler", "kmeans", "--output", str(tmp_path / "x")]
+    )
     assert isinstance(out.exception, EvopError) and "unknown sampler 'kmeans'" in str(out.exception)
-    out = CliRunner().invoke(app, ["calibrate", str(tmp_path / "never-loaded"), "--sampler", "random",
-                                   "--plot", str(tmp_path / "c.png"), "--output", str(tmp_path / "x")])
+    out = CliRunner().invoke(
+        app,
+        [
+            "calibrate",
+            str(tmp_path / "never-loaded"),
+            "--sampler",
+            "random",
+            "--plot",
+            str(tmp_path / "c.png"),
+            "--output",
+            str(tmp_path / "x"),
+        ],
+    )
     assert isinstance(out.exception, EvopError) and "--sampler random has none" in str(out.exception)
 
 
@@ -83,8 +116,18 @@ def test_smollm2_tokenizer_ccds_and_random_on_wikitext(tmp_path):
     if not (wikitext / "valid.txt").is_file():
         skip_or_fail(f"WikiText-2 not found at {wikitext}")
     output = tmp_path / "sleb.safetensors"
-    args = ["calibrate", "smollm2-135m", "--corpus", "wikitext2:valid", "--data-dir", str(wikitext),
-            "--sampler", "random", "--output", str(output)]
+    args = [
+        "calibrate",
+        "smollm2-135m",
+        "--corpus",
+        "wikitext2:valid",
+        "--data-dir",
+        str(wikitext),
+        "--sampler",
+        "random",
+        "--output",
+        str(output),
+    ]
     out = CliRunner().invoke(app, args)
     assert out.exit_code == 0, out.output
     saved = CalibrationSet.load(output, tokenizer)

@@ -197,8 +197,9 @@ def test_cli_records_results_in_an_output_directory(model_dir, tmp_path):
         assert scores[key].get("dense") == dense
         assert scores[key]["seq_len"] == seq_len
         assert f"{scores[key]['pruned']:.3f}" == result.stdout.splitlines()[1].split()[-1]
-    quick = CliRunner().invoke(app, ["ppl", str(out), "--corpus", str(corpus_file), "--seq-len", str(SEQ // 2),
-                                     "--max-windows", "1"])
+    quick = CliRunner().invoke(
+        app, ["ppl", str(out), "--corpus", str(corpus_file), "--seq-len", str(SEQ // 2), "--max-windows", "1"]
+    )
     assert quick.exit_code == 0 and "not recorded" in quick.output
     assert PruningRecord.load(out).scores["perplexity"] == scores  # a quick look never replaces the full number
 
@@ -248,7 +249,7 @@ def drop_one_and_score_dense(loaded, tmp_path):
 
 def test_cli_dense_scores_the_source_on_the_same_windows(model_dir, tmp_path):
     import evop_hub
-    from evop_hub.hub.card import render
+    from evop_hub.card.card import render
     from evop_hub.models import load
     from evop_hub.record import PruningRecord
 
@@ -288,7 +289,9 @@ def test_cli_dense_finds_the_recorded_source_not_a_namesake_in_the_working_direc
     record.source_relative = None  # as if the source had been moved: the name as typed finds the namesake
     record.save(out)
     refused = CliRunner().invoke(app, args)
-    assert isinstance(refused.exception, EvopError) and "is not the model this output was pruned from" in str(refused.exception)
+    assert isinstance(refused.exception, EvopError) and "is not the model this output was pruned from" in str(
+        refused.exception
+    )
 
 
 def test_cli_dense_scores_the_source_at_the_pruned_models_dtype(tmp_path):
@@ -300,9 +303,13 @@ def test_cli_dense_scores_the_source_at_the_pruned_models_dtype(tmp_path):
     source = tmp_path / "bf16"
     tiny_llama(layers=4).to(torch.bfloat16).save_pretrained(source)
     word_tokenizer(bos=False).save_pretrained(source)
-    out, corpus_file, entry = drop_one_and_score_dense(evop_hub.load(str(source), LoadConfig(dtype="float32")), tmp_path)
+    out, corpus_file, entry = drop_one_and_score_dense(
+        evop_hub.load(str(source), LoadConfig(dtype="float32")), tmp_path
+    )
     as_float32 = load(str(source), LoadConfig(dtype="float32"))
-    expected = perplexity(as_float32.model, as_float32.tokenizer, load_corpus(str(corpus_file)), PerplexityConfig(seq_len=SEQ))
+    expected = perplexity(
+        as_float32.model, as_float32.tokenizer, load_corpus(str(corpus_file)), PerplexityConfig(seq_len=SEQ)
+    )
     as_saved = load(str(source))
     assert as_saved.model.dtype == torch.bfloat16  # what "auto" gives the source on its own
     assert entry["dense"] == expected.ppl and entry["dtype"] == "float32"

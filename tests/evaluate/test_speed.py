@@ -55,7 +55,7 @@ def test_timed_loop_generates_what_generate_does():
     prefill, decode, tokens = _generate(model, ids, 6, _Clock(torch.device("cpu")))
     model.generation_config.eos_token_id = None  # else generate's min-length rule suppresses token 2, the loop does not
     expected = model.generate(ids, do_sample=False, max_new_tokens=6, pad_token_id=0)
-    assert torch.equal(tokens, expected[:, ids.shape[1]:])
+    assert torch.equal(tokens, expected[:, ids.shape[1] :])
     assert prefill > 0 and decode > 0
 
 
@@ -64,8 +64,23 @@ def test_cli_records_into_pruned_directory(tmp_path):
     save(dense, tmp_path / "dense")
     save(drop(loaded(4), [1, 2]), tmp_path / "pruned")
 
-    args = ["speed", str(tmp_path / "dense"), "--compare", str(tmp_path / "pruned"), "--batch-size", "2",
-            "--prompt-len", "16", "--new-tokens", "4", "--warmup", "1", "--repeats", "3", "--json"]
+    args = [
+        "speed",
+        str(tmp_path / "dense"),
+        "--compare",
+        str(tmp_path / "pruned"),
+        "--batch-size",
+        "2",
+        "--prompt-len",
+        "16",
+        "--new-tokens",
+        "4",
+        "--warmup",
+        "1",
+        "--repeats",
+        "3",
+        "--json",
+    ]
     out = CliRunner().invoke(app, args)
     assert out.exit_code == 0, out.output
     printed = json.loads(out.stdout)

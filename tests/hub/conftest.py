@@ -30,15 +30,36 @@ def tiny_llama(layers: int = 4, seed: int = 0):
 # Records as the other evop_hub modules write them: perplexity.record_perplexity (dense kept),
 # TasksResult.to_dict(), CalibrationSet.summary(), SearchResult.summary(); speed is measured.
 PERPLEXITY = {
-    "wikitext2:test": {"dense": 21.5, "pruned": 25.25, "corpus": "wikitext2", "split": "test",
-                       "form": "wikitext-2-raw-v1", "seq_len": 2048, "windows": 140, "tokens": 286_000,
-                       "nll": 3.2288, "ppl": 25.25},
-    "c4:valid": {"dense": 30.0, "pruned": 36.5, "corpus": "c4", "split": "valid", "form": "c4-en",
-                 "seq_len": 2048, "windows": 256, "tokens": 524_000, "nll": 3.5973, "ppl": 36.5},
+    "wikitext2:test": {
+        "dense": 21.5,
+        "pruned": 25.25,
+        "corpus": "wikitext2",
+        "split": "test",
+        "form": "wikitext-2-raw-v1",
+        "seq_len": 2048,
+        "windows": 140,
+        "tokens": 286_000,
+        "nll": 3.2288,
+        "ppl": 25.25,
+    },
+    "c4:valid": {
+        "dense": 30.0,
+        "pruned": 36.5,
+        "corpus": "c4",
+        "split": "valid",
+        "form": "c4-en",
+        "seq_len": 2048,
+        "windows": 256,
+        "tokens": 524_000,
+        "nll": 3.5973,
+        "ppl": 36.5,
+    },
 }
 TASKS = {
-    "scores": {"arc_easy": {"acc": 0.58, "acc_stderr": 0.01, "acc_norm": 0.55, "acc_norm_stderr": 0.01},
-               "winogrande": {"acc": 0.52, "acc_stderr": 0.014}},
+    "scores": {
+        "arc_easy": {"acc": 0.58, "acc_stderr": 0.01, "acc_norm": 0.55, "acc_norm_stderr": 0.01},
+        "winogrande": {"acc": 0.52, "acc_stderr": 0.014},
+    },
     "samples": {"arc_easy": 2376, "winogrande": 1267},
     "mean": {"acc": 0.55, "acc_norm": 0.55},
     "num_fewshot": 0,
@@ -46,10 +67,21 @@ TASKS = {
     "lm_eval_version": "0.4.9",
 }
 CALIBRATION = {
-    "corpus": "wikitext2", "split": "train", "form": "wikitext-2-raw-v1", "license": "CC BY-SA 3.0",
-    "sampler": "ccds", "seed": 0, "k": 2, "n": 2, "seq_len": 64, "tokenizer": "tiny",
-    "embedder": "sentence-transformers/all-MiniLM-L6-v2", "sentences_per_chunk": 4, "chunks": 10,
-    "projection": "PCA", "cluster_sizes": [7, 3],
+    "corpus": "wikitext2",
+    "split": "train",
+    "form": "wikitext-2-raw-v1",
+    "license": "CC BY-SA 3.0",
+    "sampler": "ccds",
+    "seed": 0,
+    "k": 2,
+    "n": 2,
+    "seq_len": 64,
+    "tokenizer": "tiny",
+    "embedder": "sentence-transformers/all-MiniLM-L6-v2",
+    "sentences_per_chunk": 4,
+    "chunks": 10,
+    "projection": "PCA",
+    "cluster_sizes": [7, 3],
     "clusters": [
         {"size": 7, "top_terms": ["cat", "mat"], "snippets": ["the cat sat on the mat", "a cat ran"]},
         {"size": 3, "top_terms": ["rug", "big"], "snippets": ["who ran under the big rug"]},
@@ -57,10 +89,23 @@ CALIBRATION = {
     "snippets": ["the cat sat on the mat", "who ran under the big rug"],
 }
 SEARCH = {
-    "mask": [1, 0, 1, 1], "loss": 3.2101, "dense_loss": 3.0012, "method": "evop", "k": 1,
+    "mask": [1, 0, 1, 1],
+    "loss": 3.2101,
+    "dense_loss": 3.0012,
+    "method": "evop",
+    "k": 1,
     "config": {"method": "evop", "seed": 0, "population": 32, "generations": 40},
-    "stats": {"evaluations": 37, "memo_hits": 80, "early_stops": 4, "block_forwards": 120, "prefix_hits": 9, "blocks_saved": 30},
-    "seconds": 12.5, "steps": 9, "resumed": False,
+    "stats": {
+        "evaluations": 37,
+        "memo_hits": 80,
+        "early_stops": 4,
+        "block_forwards": 120,
+        "prefix_hits": 9,
+        "blocks_saved": 30,
+    },
+    "seconds": 12.5,
+    "steps": 9,
+    "resumed": False,
 }
 
 

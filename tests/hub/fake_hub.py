@@ -105,7 +105,9 @@ class FakeHub:
         self.server.shutdown()
         self.server.server_close()
 
-    def add_repo(self, repo_id: str, files: dict[str, bytes], *, gated: bool | str = False, kind: str = "model") -> None:
+    def add_repo(
+        self, repo_id: str, files: dict[str, bytes], *, gated: bool | str = False, kind: str = "model"
+    ) -> None:
         """Seed a repository (e.g. a gated base model) with one commit."""
         repo = Repo(kind=kind, private=False, gated=gated)
         self._commit(repo, "main", {p: Entry(d, p.endswith(LFS_SUFFIXES)) for p, d in files.items()}, "seed")
@@ -177,8 +179,18 @@ class FakeHub:
         if (kind, repo_id) in self.repos:
             # Like the Hub: the conflict still carries the url (create_repo(exist_ok=True) reads it).
             raise HttpError(409, "You already created this repo", url=f"{self.url}/{self._prefix(kind)}{repo_id}")
-        repo = Repo(kind, private=body.get("visibility", "public") == "private", sdk=body.get("sdk"), hardware=body.get("hardware"))
-        self._commit(repo, "main", {".gitattributes": Entry(b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n", False)}, "initial commit")
+        repo = Repo(
+            kind,
+            private=body.get("visibility", "public") == "private",
+            sdk=body.get("sdk"),
+            hardware=body.get("hardware"),
+        )
+        self._commit(
+            repo,
+            "main",
+            {".gitattributes": Entry(b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n", False)},
+            "initial commit",
+        )
         self.repos[(kind, repo_id)] = repo
         return 200, {"url": f"{self.url}/{self._prefix(kind)}{repo_id}", "name": repo_id}
 
@@ -228,7 +240,10 @@ class FakeHub:
         if "README.md" in tree:  # as the Hub does: the card's metadata, parsed
             data["cardData"] = front_matter(tree["README.md"].data.decode())
         if kind == "spaces":
-            data |= {"sdk": r.sdk, "runtime": {"stage": "BUILDING", "hardware": {"current": None, "requested": r.hardware}}}
+            data |= {
+                "sdk": r.sdk,
+                "runtime": {"stage": "BUILDING", "hardware": {"current": None, "requested": r.hardware}},
+            }
         return 200, data
 
     def tree(self, req, kind, repo, revision, path=""):
@@ -263,7 +278,14 @@ class FakeHub:
                 raise HttpError(400, "sample longer than 512 bytes")
             lfs = f["size"] >= LFS_THRESHOLD or f["path"].endswith(LFS_SUFFIXES) or b"\0" in sample
             existing = tree.get(f["path"])
-            out.append({"path": f["path"], "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False, "oid": existing.oid if existing else None})
+            out.append(
+                {
+                    "path": f["path"],
+                    "uploadMode": "lfs" if lfs else "regular",
+                    "shouldIgnore": False,
+                    "oid": existing.oid if existing else None,
+                }
+            )
         return 200, {"files": out, "commitOid": r.branches.get(unquote(revision))}
 
     def lfs_batch(self, req, space, repo):
@@ -272,12 +294,18 @@ class FakeHub:
         if not req.headers.get("Content-Type", "").startswith("application/vnd.git-lfs+json"):
             raise HttpError(400, "LFS batch needs Content-Type application/vnd.git-lfs+json")
         body = req.json()
-        if body.get("operation") != "upload" or "basic" not in body.get("transfers", []) or body.get("hash_algo") != "sha256":
+        if (
+            body.get("operation") != "upload"
+            or "basic" not in body.get("transfers", [])
+            or body.get("hash_algo") != "sha256"
+        ):
             raise HttpError(400, "only basic sha256 uploads are supported")
         objects = []
         for obj in body.get("objects", []):
             oid, size = obj.get("oid"), obj.get("size")
-            if not (isinstance(oid, str) and re.fullmatch(r"[0-9a-f]{64}", oid) and isinstance(size, int) and size >= 0):
+            if not (
+                isinstance(oid, str) and re.fullmatch(r"[0-9a-f]{64}", oid) and isinstance(size, int) and size >= 0
+            ):
                 raise HttpError(400, f"malformed LFS object {obj}")
             item = {"oid": oid, "size": size, "authenticated": True}
             if oid not in self.lfs:
@@ -334,7 +362,14 @@ class FakeHub:
         for line in lines[1:]:
             key, value = line.get("key"), line.get("value") or {}
             path = value.get("path")
-            if not isinstance(path, str) or not path or path.startswith("/") or ".." in path.split("/") or path.split("/")[0] in (".git", ".cache") or path in seen:
+            if (
+                not isinstance(path, str)
+                or not path
+                or path.startswith("/")
+                or ".." in path.split("/")
+                or path.split("/")[0] in (".git", ".cache")
+                or path in seen
+            ):
                 raise HttpError(400, f"invalid or repeated path {path!r}")
             seen.add(path)
             if key == "file":
@@ -358,7 +393,11 @@ class FakeHub:
             else:
                 raise HttpError(400, f"unknown commit operation {key!r}")
         oid = self._commit(r, branch, tree, header["summary"])
-        return 200, {"commitUrl": f"{self.url}/{self._prefix(kind[:-1])}{repo}/commit/{oid}", "commitOid": oid, "pullRequestUrl": None}
+        return 200, {
+            "commitUrl": f"{self.url}/{self._prefix(kind[:-1])}{repo}/commit/{oid}",
+            "commitOid": oid,
+            "pullRequestUrl": None,
+        }
 
     def branch(self, req, kind, repo, name):
         r = self._repo(kind[:-1], repo, req.headers, write=True)

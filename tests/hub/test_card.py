@@ -9,11 +9,10 @@ import subprocess
 import sys
 
 import pytest
-
 import torch
 from huggingface_hub import ModelCard, SpaceCard
 
-from evop_hub.hub.card import mapping_table, pattern_table, render
+from evop_hub.card.card import mapping_table, pattern_table, render
 from evop_hub.record import PruningRecord
 
 from .conftest import PERPLEXITY, SEARCH, TASKS
@@ -66,8 +65,13 @@ def test_card_metadata_round_trips(make_output):
 
 def test_card_body_tables_match_the_record():
     record = PruningRecord(
-        source_model="org/big", architecture="LlamaForCausalLM", num_blocks=20, dropped_blocks=[3, 4, 17],
-        parameters_before=1000, parameters_after=850, scores={"perplexity": PERPLEXITY},
+        source_model="org/big",
+        architecture="LlamaForCausalLM",
+        num_blocks=20,
+        dropped_blocks=[3, 4, 17],
+        parameters_before=1000,
+        parameters_after=850,
+        scores={"perplexity": PERPLEXITY},
     )
     text = render(record).text
     # The 0/1 pattern, 16 blocks per row, read back cell by cell.
@@ -118,8 +122,8 @@ def test_a_relative_local_base_is_found_from_another_directory(tmp_path, monkeyp
     """`evop-hub drop base ...` typed in one directory, `card` and `space` run from another: the record
     keeps the path as typed (no absolute paths are published) and the base's place beside the output."""
     import evop_hub
-    from evop_hub.hub.card import write_card
     from evop_hub.hub.space import local_base
+    from evop_hub.models.card_files import write_card
 
     from .conftest import tiny_llama, tiny_tokenizer
 
@@ -152,7 +156,10 @@ def test_card_command_on_a_non_output_is_one_line(tmp_path):
 def test_tasks_from_a_limited_run_stay_out_of_model_index():
     limited = dict(TASKS, limit=20)
     record = PruningRecord(
-        source_model="org/big", architecture="LlamaForCausalLM", num_blocks=4, dropped_blocks=[1],
+        source_model="org/big",
+        architecture="LlamaForCausalLM",
+        num_blocks=4,
+        dropped_blocks=[1],
         scores={"tasks": limited},
     )
     card = render(record)
@@ -160,50 +167,55 @@ def test_tasks_from_a_limited_run_stay_out_of_model_index():
     assert "Only 20 examples per task" in card.text and "arc_easy" in card.text
 
 
-@pytest.mark.parametrize("method, unit, fmt", [
-    ("wanda", "weights (2:4)", "standard checkpoint with zeroed weights: same shapes and size on disk as the source"),
-    ("slicegpt", "hidden channels (residual stream)",
-     "load with AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)"),
-])
+@pytest.mark.parametrize(
+    "method, unit, fmt",
+    [
+        (
+            "wanda",
+            "weights (2:4)",
+            "standard checkpoint with zeroed weights: same shapes and size on disk as the source",
+        ),
+        (
+            "slicegpt",
+            "hidden channels (residual stream)",
+            "load with AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)",
+        ),
+    ],
+)
 def test_width_baseline_cards_do_not_claim_removed_blocks(method, unit, fmt):
-    record = PruningRecord(source_model="m", architecture="LlamaForCausalLM", num_blocks=30, dropped_blocks=[],
-                           method=method, sparsity=0.5, sparsity_unit=unit,
-                           search={"method": method, "summary": f"{method}: what was done", "format": fmt})
+    record = PruningRecord(
+        source_model="m",
+        architecture="LlamaForCausalLM",
+        num_blocks=30,
+        dropped_blocks=[],
+        method=method,
+        sparsity=0.5,
+        sparsity_unit=unit,
+        search={"method": method, "summary": f"{method}: what was done", "format": fmt},
+    )
     text = str(render(record, "user/m-pruned"))
     assert "blocks removed" not in text and "Block pattern" not in text
     assert f"{method}: what was done" in text and fmt in text
     assert ("trust_remote_code=True)" in text) == (method == "slicegpt")
 
 
-def test_evop_evidence_quotes_the_committed_robustness_benchmark():
-    """The card's numbers for the default search are the GPU tier's, not typed in separately."""
-    import json
-    from pathlib import Path
-
-    from evop_hub.hub.card import EVOP_EVIDENCE
-
-    benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
-    summary = json.loads((benchmarks / "bench_robust_gpu.meta.json").read_text())["summary"]
-    names = {"paper": "EvoP as published", "sleb": "SLEB", "shortgpt": "ShortGPT", "angular": "angular"}
-    for cell in summary:
-        mean = cell["heldout_mean"]
-        assert f"{mean['default']:.3f} with {cell['k']} of 30" in EVOP_EVIDENCE
-        for method, name in names.items():
-            assert f"{mean[method]:.3f}" in EVOP_EVIDENCE and name in EVOP_EVIDENCE
-        # "the lowest of all" only where it is; a tie is said as one
-        lowest = all(mean["default"] < v for m, v in mean.items() if m != "default")
-        assert lowest == cell["default_lowest"]
-        assert (f"{mean['default']:.3f} with {cell['k']} of 30, the lowest of all" in EVOP_EVIDENCE) == lowest
-
-
 def test_default_repo_names_differ_by_method():
-    from evop_hub.hub.card import default_repo_name
+    from evop_hub.card.card import default_repo_name
     from evop_hub.record import PruningRecord
 
     def name(method, unit="blocks", sparsity=None, dropped=(1, 2)):
-        return default_repo_name(PruningRecord(source_model="org/Base-1B", source_hub_id="org/Base-1B", architecture="A",
-                                               num_blocks=8, dropped_blocks=list(dropped), method=method,
-                                               sparsity_unit=unit, sparsity=sparsity))
+        return default_repo_name(
+            PruningRecord(
+                source_model="org/Base-1B",
+                source_hub_id="org/Base-1B",
+                architecture="A",
+                num_blocks=8,
+                dropped_blocks=list(dropped),
+                method=method,
+                sparsity_unit=unit,
+                sparsity=sparsity,
+            )
+        )
 
     assert name("evop") == "Base-1B-evop-6L"
     assert name("sleb") == "Base-1B-evop-sleb-6L"
@@ -211,35 +223,39 @@ def test_default_repo_names_differ_by_method():
     assert name("slicegpt", "hidden channels", 0.25, ()) == "Base-1B-evop-slicegpt-25pct"
 
 
-def test_evidence_is_quoted_only_for_the_setting_it_measured(make_output):
-    from dataclasses import replace
-
-    from evop_hub.hub.card import EVOP_EVIDENCE, EVOP_EVIDENCE_ELSEWHERE, render
+def test_the_card_links_the_project_results_and_describes_only_its_own_model(make_output):
+    """Other models' benchmark numbers stay in the project's results page; the card links it."""
+    from evop_hub.card import RESULTS_URL, render
     from evop_hub.record import PruningRecord
 
-    record = PruningRecord.load(make_output())
-    assert EVOP_EVIDENCE in str(render(record))
-    quick = replace(record, search={**record.search, "config": {**record.search["config"], "fitness": "nll"}})
-    text = str(render(quick))
-    assert EVOP_EVIDENCE not in text and EVOP_EVIDENCE_ELSEWHERE in text
+    text = str(render(PruningRecord.load(make_output())))
+    assert f"]({RESULTS_URL})" in text
+    assert "SmolLM2" not in text and "Gemma 3" not in text and "bench_robust" not in text
 
 
 def test_hub_split_names_and_width_pruning_tags():
-    from evop_hub.hub.card import card_data, corpus_dataset
+    from evop_hub.card.card import card_data, corpus_dataset
     from evop_hub.record import PruningRecord
 
     assert corpus_dataset("wikitext2:valid") == ("Salesforce/wikitext", "wikitext-2-raw-v1", "validation")
     assert corpus_dataset("pydoc:valid") == ("pydoc", None, "valid")  # not a Hub dataset: its own name
-    wanda = PruningRecord(source_model="m", architecture="LlamaForCausalLM", num_blocks=4, dropped_blocks=[],
-                          method="wanda", sparsity=0.5, sparsity_unit="weights",
-                          calibration={"corpus": "/home/me/private.txt"})
+    wanda = PruningRecord(
+        source_model="m",
+        architecture="LlamaForCausalLM",
+        num_blocks=4,
+        dropped_blocks=[],
+        method="wanda",
+        sparsity=0.5,
+        sparsity_unit="weights",
+        calibration={"corpus": "/home/me/private.txt"},
+    )
     data = card_data(wanda, "m-evop-wanda-50pct").to_dict()
     assert "width-pruning" in data["tags"] and "layer-pruning" not in data["tags"]
     assert "datasets" not in data  # a local calibration file is never published as a dataset
 
 
 def test_architecture_tag_is_the_model_type():
-    from evop_hub.hub.card import card_data
+    from evop_hub.card.card import card_data
     from evop_hub.models import LoadedModel, SourceInfo
 
     from ..models.conftest import build
@@ -278,8 +294,14 @@ def test_space_app_puts_the_models_on_its_accelerator(make_output, monkeypatch):
 def test_space_shows_numbers_formatted():
     from evop_hub.hub.space import _load_app
 
-    text = _load_app().scores_markdown({"scores": {"calibration_loss": {"dense": 3.0012345, "pruned": 3.2101234},
-                                                   "perplexity": {"c4:valid": {"dense": 30.0, "pruned": 36.51234}}}})
+    text = _load_app().scores_markdown(
+        {
+            "scores": {
+                "calibration_loss": {"dense": 3.0012345, "pruned": 3.2101234},
+                "perplexity": {"c4:valid": {"dense": 30.0, "pruned": 36.51234}},
+            }
+        }
+    )
     assert "Calibration loss: 3.2101 (base: 3.0012)" in text and "| c4:valid | 30.00 | 36.51 |" in text
 
 
@@ -299,8 +321,10 @@ def test_pruning_an_output_again_keeps_its_lineage(make_output, tmp_path):
     card = ModelCard.load(second / "README.md")
     assert card.data.base_model == "meta-org/tiny-base"
     assert "dequantized from a Q4_1 GGUF file of `meta-org/tiny-base`" in card.text
-    assert (f"Its source `{first}` was itself made by evop-hub: `meta-org/tiny-base` with blocks [1] of its 4 "
-            f"removed (evop); block numbers below count the blocks of `{first}`.") in card.text
+    assert (
+        f"Its source `{first}` was itself made by evop-hub: `meta-org/tiny-base` with blocks [1] of its 4 "
+        f"removed (evop); block numbers below count the blocks of `{first}`."
+    ) in card.text
     third = evop_hub.load(str(second))  # two steps back
     assert [link["source_model"] for link in third.record.chain()] == [str(second), str(first), "meta-org/tiny-base"]
     assert third.record.hub_base() == ("meta-org/tiny-base", None)

@@ -46,7 +46,10 @@ def test_strictness(hub):
     assert call(hub, "GET", "/api/whoami-v2", token="hf_wrong")[0] == 401
 
     header = {"key": "header", "value": {"summary": "s", "description": ""}}
-    good = {"key": "file", "value": {"path": "a.txt", "content": base64.b64encode(b"hi").decode(), "encoding": "base64"}}
+    good = {
+        "key": "file",
+        "value": {"path": "a.txt", "content": base64.b64encode(b"hi").decode(), "encoding": "base64"},
+    }
     commit = f"/api/models/{repo}/commit/main"
     assert call(hub, "POST", commit, ndjson(header, good), content_type="application/json")[0] == 400
     assert call(hub, "POST", commit, ndjson(good), content_type="application/x-ndjson")[0] == 400  # no header
@@ -57,7 +60,12 @@ def test_strictness(hub):
     lfs = {"key": "lfsFile", "value": {"path": "w.bin", "algo": "sha256", "oid": oid, "size": len(data)}}
     assert call(hub, "POST", commit, ndjson(header, lfs), content_type="application/x-ndjson")[0] == 400  # not uploaded
 
-    batch = {"operation": "upload", "transfers": ["basic"], "objects": [{"oid": oid, "size": len(data)}], "hash_algo": "sha256"}
+    batch = {
+        "operation": "upload",
+        "transfers": ["basic"],
+        "objects": [{"oid": oid, "size": len(data)}],
+        "hash_algo": "sha256",
+    }
     status, body = call(hub, "POST", f"/{repo}.git/info/lfs/objects/batch", batch, "application/vnd.git-lfs+json")
     assert status == 200
     href = json.loads(body)["objects"][0]["actions"]["upload"]["href"].removeprefix(hub.url)

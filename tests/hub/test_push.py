@@ -22,6 +22,8 @@ import pytest
 import torch
 from huggingface_hub import ModelCard, SpaceCard
 
+from evop_hub.hub.push import human_size
+
 from .conftest import FAKE_TOKEN, USER, tree_digest
 from .fake_hub import FakeHub
 
@@ -34,7 +36,9 @@ USE_POLICY = b"Llama 2 Acceptable Use Policy (test copy)\n"
 def hub():
     with FakeHub({FAKE_TOKEN: USER, "hf_FAKEother": "someone-else"}) as server:
         # A gated base with license files, like meta-llama/Llama-2-*.
-        server.add_repo(BASE, {"config.json": b"{}", "LICENSE.txt": LICENSE, "USE_POLICY.md": USE_POLICY}, gated="manual")
+        server.add_repo(
+            BASE, {"config.json": b"{}", "LICENSE.txt": LICENSE, "USE_POLICY.md": USE_POLICY}, gated="manual"
+        )
         yield server
 
 
@@ -75,6 +79,19 @@ def hub_client(hub, monkeypatch, tmp_path):
     return hub
 
 
+def listed(stdout: str) -> tuple[dict[str, str], dict[str, str]]:
+    """A dry run's file rows, name -> size as printed, for the model repo and the Space."""
+    sections, rows = [], None
+    for line in stdout.splitlines():
+        if line.startswith(("dry run:", "and ")):
+            rows = {}
+            sections.append(rows)
+        elif line.startswith("    "):
+            name, size = line.split(maxsplit=1)
+            rows[name] = size.strip()
+    return sections[0], sections[1] if len(sections) > 1 else {}
+
+
 def test_push_round_trip(make_output, hub_client, tmp_path):
     from transformers import AutoModelForCausalLM
 
@@ -84,11 +101,7 @@ def test_push_round_trip(make_output, hub_client, tmp_path):
 
     dry = run_cli(["push", str(out), "--dry-run"], tmp_path, hub.url)
     assert dry.returncode == 0, dry.stderr
-    lines = dry.stdout.splitlines()
-    assert lines[0] == f"dry run: would upload to model repo {repo_id}:"
-    split = lines.index(f"and to Space {repo_id}:")
-    dry_model = {line.strip() for line in lines[1:split]}
-    dry_space = {line.strip() for line in lines[split + 1 :]}
+    dry_model, dry_space = listed(dry.stdout)
     assert ("model", repo_id) not in hub.repos  # a dry run creates nothing
 
     before = tree_digest(out)
@@ -98,7 +111,8 @@ def test_push_round_trip(make_output, hub_client, tmp_path):
 
     # Exactly what the dry run listed, byte-identical to the local files; no run state.
     pushed = hub.files(repo_id)
-    assert set(pushed) - {".gitattributes"} == dry_model
+    assert set(pushed) - {".gitattributes"} == set(dry_model)
+    assert all(dry_model[name] == human_size(len(pushed[name])) for name in dry_model)  # each size as sent
     assert not any(p.startswith(".evop") for p in pushed)
     for name, data in pushed.items():
         if name in ("LICENSE.txt", "USE_POLICY.md", ".gitattributes"):
@@ -123,7 +137,12 @@ def test_push_round_trip(make_output, hub_client, tmp_path):
 
     # The Space: metadata, app files identical to spaces/, and the ids it serves.
     space = hub.files(repo_id, kind="space")
-    assert set(space) - {".gitattributes"} == dry_space == {"README.md", "app.py", "requirements.txt", "evop_space.json"}
+    assert (
+        set(space) - {".gitattributes"}
+        == set(dry_space)
+        == {"README.md", "app.py", "requirements.txt", "evop_space.json"}
+    )
+    assert all(dry_space[name] == human_size(len(space[name])) for name in dry_space)
     from evop_hub.hub.space import SPACE_DIR
 
     assert space["app.py"] == (SPACE_DIR / "app.py").read_bytes()
@@ -183,7 +202,7 @@ def test_push_round_trip(make_output, hub_client, tmp_path):
     assert hub.repos[("model", repo_id)].messages[-1] == "second look"
     assert FAKE_TOKEN not in again.stdout + again.stderr
     # The card on the branch loads the branch: `main` holds the other evaluation.
-    assert f'from_pretrained("{repo_id}", revision=\'v2\')' in v2["README.md"].decode()
+    assert f"from_pretrained(\"{repo_id}\", revision='v2')" in v2["README.md"].decode()
 
 
 def test_a_dry_run_needs_no_network_even_with_a_token(make_output, tmp_path):
@@ -192,12 +211,66 @@ def test_a_dry_run_needs_no_network_even_with_a_token(make_output, tmp_path):
     out = make_output()
     named = run_cli(["push", str(out), "--dry-run", "--repo-id", f"{USER}/named"], tmp_path, "http://127.0.0.1:9")
     assert named.returncode == 0, named.stderr
-    assert named.stdout.splitlines()[0] == f"dry run: would upload to model repo {USER}/named:"
+    assert named.stdout.splitlines()[0].endswith(f"to the private model repo {USER}/named")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_TOKEN": FAKE_TOKEN, "HF_HOME": str(tmp_path / "hf_home")}
-    unnamed = subprocess.run([sys.executable, "-m", "evop_hub.cli", "push", str(out), "--dry-run"], capture_output=True,
-                             text=True, timeout=120, env=env)
+    unnamed = subprocess.run(
+        [sys.executable, "-m", "evop_hub.cli", "push", str(out), "--dry-run"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert unnamed.returncode == 0, unnamed.stderr
-    assert unnamed.stdout.splitlines()[0].startswith("dry run: would upload to model repo {your-user}/")
+    assert " model repo {your-user}/" in unnamed.stdout.splitlines()[0]
+
+
+def test_a_dry_run_shows_sizes_urls_visibility_and_hardware(make_output, tmp_path):
+    """What a user checks before sending: how much, to which pages, seen by whom, on which Space hardware."""
+    from evop_hub.hub import PushConfig, push
+
+    out = make_output()
+    hub = "http://127.0.0.1:9"  # nothing listens: a dry run with a named repo asks the Hub nothing
+    repo = f"{USER}/named"
+    sizes = push(out, PushConfig(repo_id=repo, dry_run=True)).sizes
+    assert {name: sizes[name] for name in sizes if name != "README.md"} == {
+        p.name: p.stat().st_size for p in out.iterdir() if p.is_file() and p.name != "README.md"
+    }
+    default = run_cli(["push", str(out), "--dry-run", "--repo-id", repo], tmp_path, hub)
+    assert default.returncode == 0, default.stderr
+    lines = default.stdout.splitlines()
+    total = human_size(sum(sizes.values()))
+    assert lines[:2] == [
+        f"dry run: would upload {len(sizes)} files ({total}) to the private model repo {repo}",
+        f"  {hub}/{repo}",
+    ]
+    model, space = listed(default.stdout)
+    assert model == {name: human_size(size) for name, size in sizes.items()}
+    space_line = next(line for line in lines if line.startswith("and "))
+    assert space_line.startswith(f"and {len(space)} files (")
+    assert space_line.endswith(f"to the private Space {repo}, hardware cpu-basic (free)")
+    assert lines[lines.index(space_line) + 1] == f"  {hub}/spaces/{repo}"
+    assert set(space) == {"README.md", "app.py", "requirements.txt", "evop_space.json"}
+
+    public = run_cli(
+        [
+            "push",
+            str(out),
+            "--dry-run",
+            "--repo-id",
+            repo,
+            "--public",
+            "--revision",
+            "v2",
+            "--space-hardware",
+            "t4-small",
+        ],
+        tmp_path,
+        hub,
+    )
+    assert public.returncode == 0, public.stderr
+    lines = public.stdout.splitlines()
+    assert lines[0].endswith(f"to the public model repo {repo}") and lines[1] == f"  {hub}/{repo}/tree/v2"
+    assert any(line.endswith(f"to the public Space {repo}, hardware t4-small") for line in lines)
 
 
 @pytest.mark.parametrize(
@@ -335,7 +408,9 @@ def test_a_license_of_type_other_keeps_its_name_and_link(hub_client, tmp_path, l
     tiny_llama().save_pretrained(base_dir)
     tiny_tokenizer().save_pretrained(base_dir)
     files = {p.name: p.read_bytes() for p in base_dir.iterdir()}
-    files["README.md"] = b"---\nlicense: other\nlicense_name: tiny-community-license\nlicense_link: LICENSE\n---\n# tiny\n"
+    files["README.md"] = (
+        b"---\nlicense: other\nlicense_name: tiny-community-license\nlicense_link: LICENSE\n---\n# tiny\n"
+    )
     if license_file:
         files["LICENSE"] = b"TINY COMMUNITY LICENSE (test copy)\n"
     hub_client.add_repo("org/other-base", files)

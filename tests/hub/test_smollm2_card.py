@@ -12,7 +12,7 @@ from evop_hub.models import prepare_output
 
 from .conftest import USER
 from .fake_hub import FakeHub
-from .test_push import FAKE_TOKEN, run_cli
+from .test_push import FAKE_TOKEN, listed, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -34,6 +34,9 @@ def test_smollm2_card_and_dry_run(tmp_path, monkeypatch):
         result = run_cli(["push", str(out), "--dry-run"], tmp_path, hub.url)
     assert result.returncode == 0, result.stderr
     lines = [line.strip() for line in result.stdout.splitlines()]
-    assert lines[0] == f"dry run: would upload to model repo {USER}/SmolLM2-135M-Instruct-evop-manual-27L:"
-    assert {"model.safetensors", "config.json", "evop_pruning.json", "README.md"} <= set(lines)
+    assert lines[0].endswith(f"to the private model repo {USER}/SmolLM2-135M-Instruct-evop-manual-27L")
+    model, _ = listed(result.stdout)
+    assert {"model.safetensors", "config.json", "evop_pruning.json", "README.md"} <= set(model)
+    size, unit = model["model.safetensors"].split()
+    assert unit == "MB" and float(size) < 250  # bfloat16, 27 of 30 blocks: 247.8 MB (float32 was 495.6 MB)
     assert not any(".evop" in line for line in lines)

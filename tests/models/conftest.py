@@ -26,12 +26,27 @@ ARCHITECTURES = {
     "qwen3": (
         tf.Qwen3Config,
         tf.Qwen3ForCausalLM,
-        dict(COMMON, num_key_value_heads=2, head_dim=8, use_sliding_window=True, sliding_window=WINDOW, max_window_layers=3),
+        dict(
+            COMMON,
+            num_key_value_heads=2,
+            head_dim=8,
+            use_sliding_window=True,
+            sliding_window=WINDOW,
+            max_window_layers=3,
+        ),
     ),
     "qwen3_moe": (
         tf.Qwen3MoeConfig,
         tf.Qwen3MoeForCausalLM,
-        dict(COMMON, num_key_value_heads=2, head_dim=8, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16, decoder_sparse_step=2),
+        dict(
+            COMMON,
+            num_key_value_heads=2,
+            head_dim=8,
+            num_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=16,
+            decoder_sparse_step=2,
+        ),
     ),
     "gemma": (tf.GemmaConfig, tf.GemmaForCausalLM, dict(COMMON, num_key_value_heads=2, head_dim=8)),
     "gemma2": (
@@ -42,13 +57,31 @@ ARCHITECTURES = {
     "gemma3": (
         tf.Gemma3TextConfig,
         tf.Gemma3ForCausalLM,
-        dict(COMMON, num_key_value_heads=2, head_dim=8, sliding_window=WINDOW, sliding_window_pattern=3, final_logit_softcapping=5.0),
+        dict(
+            COMMON,
+            num_key_value_heads=2,
+            head_dim=8,
+            sliding_window=WINDOW,
+            sliding_window_pattern=3,
+            final_logit_softcapping=5.0,
+        ),
     ),
-    "phi3": (tf.Phi3Config, tf.Phi3ForCausalLM, dict(COMMON, num_key_value_heads=2, sliding_window=WINDOW, pad_token_id=0)),
+    "phi3": (
+        tf.Phi3Config,
+        tf.Phi3ForCausalLM,
+        dict(COMMON, num_key_value_heads=2, sliding_window=WINDOW, pad_token_id=0),
+    ),
     "opt": (
         tf.OPTConfig,
         tf.OPTForCausalLM,
-        dict(vocab_size=96, hidden_size=32, ffn_dim=64, num_attention_heads=4, max_position_embeddings=64, word_embed_proj_dim=16),
+        dict(
+            vocab_size=96,
+            hidden_size=32,
+            ffn_dim=64,
+            num_attention_heads=4,
+            max_position_embeddings=64,
+            word_embed_proj_dim=16,
+        ),
     ),
     "gpt2": (tf.GPT2Config, tf.GPT2LMHeadModel, dict(vocab_size=96, n_embd=32, n_head=4, n_positions=64)),
     "gpt_neox": (tf.GPTNeoXConfig, tf.GPTNeoXForCausalLM, dict(COMMON, rotary_pct=0.5)),
@@ -60,7 +93,14 @@ ARCHITECTURES = {
     "falcon_alibi": (
         tf.FalconConfig,
         tf.FalconForCausalLM,
-        dict(vocab_size=96, hidden_size=32, num_attention_heads=4, alibi=True, multi_query=True, new_decoder_architecture=False),
+        dict(
+            vocab_size=96,
+            hidden_size=32,
+            num_attention_heads=4,
+            alibi=True,
+            multi_query=True,
+            new_decoder_architecture=False,
+        ),
     ),
 }
 

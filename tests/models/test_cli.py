@@ -35,8 +35,9 @@ def test_drop_writes_a_smaller_checkpoint_and_refuses_to_overwrite(llama_dir, tm
 
     again = cli("drop", llama_dir, "--layers", "2", "--output", out)
     assert again.returncode == 2
-    assert again.stderr.strip().splitlines() == [f"error: output directory {out} already exists; "
-                                                 "pass --overwrite to replace it"]  # before loading
+    assert again.stderr.strip().splitlines() == [
+        f"error: output directory {out} already exists; pass --overwrite to replace it"
+    ]  # before loading
     assert (out / "model.safetensors").read_bytes() == before
 
     assert cli("drop", llama_dir, "--layers", "2", "--output", out, "--overwrite").returncode == 0
@@ -44,7 +45,12 @@ def test_drop_writes_a_smaller_checkpoint_and_refuses_to_overwrite(llama_dir, tm
 
 
 def test_bad_input_is_one_line_and_debug_shows_the_traceback(llama_dir, tmp_path):  # noqa: F811
-    for layers, message in [("9", "out of range"), ("0-5", "cannot drop all"), ("1,1", "more than once"), ("x", "cannot read")]:
+    for layers, message in [
+        ("9", "out of range"),
+        ("0-5", "cannot drop all"),
+        ("1,1", "more than once"),
+        ("x", "cannot read"),
+    ]:
         result = cli("drop", llama_dir, "--layers", layers, "--output", tmp_path / "o")
         assert result.returncode == 2
         errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
@@ -62,11 +68,26 @@ def test_a_device_this_machine_lacks_is_one_line(llama_dir, tmp_path):  # noqa: 
 
     from evop_hub.calibration import CalibrationSet, tokenizer_fingerprint
 
-    meta = {"sampler": "random", "tokenizer_fingerprint": tokenizer_fingerprint(AutoTokenizer.from_pretrained(llama_dir))}
+    meta = {
+        "sampler": "random",
+        "tokenizer_fingerprint": tokenizer_fingerprint(AutoTokenizer.from_pretrained(llama_dir)),
+    }
     calibration = CalibrationSet(torch.randint(0, 90, (2, 16)), meta).save(tmp_path / "cal.safetensors")
-    for args in (["info", llama_dir, "--device-map", "cuda:99"],
-                 ["prune", llama_dir, "--calibration", calibration, "--search-devices", "cpu,cuda:99",
-                  "--output", tmp_path / "o", "--num-drop", "1"]):
+    for args in (
+        ["info", llama_dir, "--device-map", "cuda:99"],
+        [
+            "prune",
+            llama_dir,
+            "--calibration",
+            calibration,
+            "--search-devices",
+            "cpu,cuda:99",
+            "--output",
+            tmp_path / "o",
+            "--num-drop",
+            "1",
+        ],
+    ):
         result = cli(*args)
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
         assert result.stderr.strip().splitlines()[-1].startswith("error: cuda:99: "), result.stderr

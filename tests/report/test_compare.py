@@ -17,8 +17,8 @@ from evop_hub.data import load_corpus
 from evop_hub.errors import EvopError
 from evop_hub.evaluate import PerplexityConfig, perplexity
 from evop_hub.models import LoadedModel, SourceInfo, drop_blocks
-from evop_hub.report.compare import CompareConfig, compare
 from evop_hub.report import tables
+from evop_hub.report.compare import CompareConfig, compare
 from evop_hub.report.tables import regenerate, render
 
 from ..calibration.conftest import topical_corpus, word_tokenizer
@@ -35,8 +35,10 @@ def write_jsonl(path, documents):
 @pytest.fixture(scope="module")
 def corpora(tmp_path_factory):
     root = tmp_path_factory.mktemp("corpora")
-    return (write_jsonl(root / "topics.jsonl", topical_corpus(12, seed=0).documents),
-            write_jsonl(root / "other.jsonl", topical_corpus(4, seed=1).documents))
+    return (
+        write_jsonl(root / "topics.jsonl", topical_corpus(12, seed=0).documents),
+        write_jsonl(root / "other.jsonl", topical_corpus(4, seed=1).documents),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -52,10 +54,22 @@ def tiny_loaded(tokenizer) -> LoadedModel:
 def small_config(corpora, **changes) -> CompareConfig:
     calibration, other = corpora
     config = CompareConfig(
-        sparsities=[0.2, 0.4], methods=["evop", "sleb", "slicegpt"], seeds=[0, 1], calibration=calibration,
-        eval=[calibration, other], samples=3, seq_len=SEQ, eval_seq_len=SEQ, eval_windows=WINDOWS,
-        exhaustive_limit=15, search={"population": 6, "generations": 3, "patience": 2}, tasks=[],
-        speed_prompt_len=8, speed_new_tokens=3, speed_repeats=1, speed_warmup=0,
+        sparsities=[0.2, 0.4],
+        methods=["evop", "sleb", "slicegpt"],
+        seeds=[0, 1],
+        calibration=calibration,
+        eval=[calibration, other],
+        samples=3,
+        seq_len=SEQ,
+        eval_seq_len=SEQ,
+        eval_windows=WINDOWS,
+        exhaustive_limit=15,
+        search={"population": 6, "generations": 3, "patience": 2},
+        tasks=[],
+        speed_prompt_len=8,
+        speed_new_tokens=3,
+        speed_repeats=1,
+        speed_warmup=0,
     )
     return replace(config, **changes)
 
@@ -63,7 +77,9 @@ def small_config(corpora, **changes) -> CompareConfig:
 @pytest.fixture(scope="module")
 def run(corpora, tokenizer, tmp_path_factory):
     out = tmp_path_factory.mktemp("report") / "r"
-    results = compare(tiny_loaded(tokenizer), small_config(corpora), out, command="evop-hub compare tiny", progress=False)
+    results = compare(
+        tiny_loaded(tokenizer), small_config(corpora), out, command="evop-hub compare tiny", progress=False
+    )
     return out, results
 
 
@@ -72,8 +88,16 @@ def test_every_cell_is_written_with_its_provenance(run):
     ids = [c["id"] for c in results["cells"]]
     assert len(ids) == len(set(ids))
     assert {p.stem for p in (out / "cells").glob("*.json")} == set(ids)
-    expected = {"dense", "evop-ccds-s0.2-seed0", "sleb-random-s0.4-seed1", "slicegpt-random-s0.2-seed0",
-                "evop-random-s0.2-seed0", "sleb-ccds-s0.4-seed1", "exhaustive-ccds-s0.2-seed0", "sleb-ccds-s0.4-seed0-cluster2"}
+    expected = {
+        "dense",
+        "evop-ccds-s0.2-seed0",
+        "sleb-random-s0.4-seed1",
+        "slicegpt-random-s0.2-seed0",
+        "evop-random-s0.2-seed0",
+        "sleb-ccds-s0.4-seed1",
+        "exhaustive-ccds-s0.2-seed0",
+        "sleb-ccds-s0.4-seed0-cluster2",
+    }
     assert expected <= set(ids)
     assert "exhaustive-ccds-s0.4-seed0" not in ids  # C(6, 3) = 20 patterns > exhaustive_limit 15
     for cell in results["cells"]:
@@ -83,8 +107,14 @@ def test_every_cell_is_written_with_its_provenance(run):
         assert all(math.isfinite(h["ppl"]) for h in cell["heldout"].values())
     # speed only for the first seed of the main rows
     timed = {c["id"] for c in results["cells"] if "speed" in c}
-    assert timed == {"evop-ccds-s0.2-seed0", "evop-ccds-s0.4-seed0", "sleb-random-s0.2-seed0", "sleb-random-s0.4-seed0",
-                     "slicegpt-random-s0.2-seed0", "slicegpt-random-s0.4-seed0"}
+    assert timed == {
+        "evop-ccds-s0.2-seed0",
+        "evop-ccds-s0.4-seed0",
+        "sleb-random-s0.2-seed0",
+        "sleb-random-s0.4-seed0",
+        "slicegpt-random-s0.2-seed0",
+        "slicegpt-random-s0.4-seed0",
+    }
     # the exhaustive optimum is never above the searches on the same calibration set
     by_id = {c["id"]: c for c in results["cells"]}
     for seed in (0, 1):
@@ -114,7 +144,9 @@ def test_cell_perplexity_is_the_physically_pruned_models(run, corpora, tokenizer
         assert value["ppl"] == pytest.approx(reference.ppl, rel=1e-5)
     dense = next(c for c in results["cells"] if c["id"] == "dense")
     for spec, value in dense["heldout"].items():
-        reference = perplexity(tiny_loaded(tokenizer).model, tokenizer, load_corpus(spec), PerplexityConfig(SEQ, 1, WINDOWS))
+        reference = perplexity(
+            tiny_loaded(tokenizer).model, tokenizer, load_corpus(spec), PerplexityConfig(SEQ, 1, WINDOWS)
+        )
         assert value["ppl"] == pytest.approx(reference.ppl, rel=1e-5)
 
 
@@ -151,16 +183,26 @@ def test_resume_reuses_finished_cells_and_computes_only_new_ones(run, corpora, t
     fewer = compare(tiny_loaded(tokenizer), small_config(corpora, seeds=[0]), out, resume=True, progress=False)
     assert computed == [] and {c["seed"] for c in fewer["cells"]} <= {None, 0}
     monkeypatch.setattr(cmp.Workspace, "loaded", loaded_property)
-    more = compare(tiny_loaded(tokenizer), small_config(corpora, seeds=[0, 1, 2], fig1c=False, ablations=False, fig1a=False),
-                   out, resume=True, progress=False)
+    more = compare(
+        tiny_loaded(tokenizer),
+        small_config(corpora, seeds=[0, 1, 2], fig1c=False, ablations=False, fig1a=False),
+        out,
+        resume=True,
+        progress=False,
+    )
     assert computed and all(i.endswith("seed2") for i in computed)
     assert more["cells_reused"] == len(more["cells"]) - len(computed)
     monkeypatch.setattr(cmp.Workspace, "loaded", property(lambda ws: pytest.fail("loaded the model needlessly")))
     with pytest.raises(EvopError, match="other settings"):  # refused before the model loads
         compare(tiny_loaded(tokenizer), small_config(corpora, seq_len=SEQ + 1), out, resume=True, progress=False)
     # Where the data lies and how much cache memory there is change no number: such a resume is accepted.
-    compare(tiny_loaded(tokenizer), small_config(corpora, data_dir="/elsewhere", cache_gib=2.0), out, resume=True,
-            progress=False)
+    compare(
+        tiny_loaded(tokenizer),
+        small_config(corpora, data_dir="/elsewhere", cache_gib=2.0),
+        out,
+        resume=True,
+        progress=False,
+    )
 
 
 def test_settings_found_wrong_before_any_cell_runs(corpora, tokenizer, tmp_path, monkeypatch):
@@ -169,8 +211,12 @@ def test_settings_found_wrong_before_any_cell_runs(corpora, tokenizer, tmp_path,
     monkeypatch.setattr(cmp, "run_cell", lambda ws, key: pytest.fail("a cell ran"))
     monkeypatch.setattr(cmp.SearchConfig, "exhaustive_limit", 10)  # C(6,2) = 15 patterns is then too many
     with pytest.raises(EvopError, match=r"method exhaustive at sparsity 0.2 would evaluate C\(6,2\) = 15"):
-        compare(tiny_loaded(tokenizer), small_config(corpora, methods=["exhaustive"], exhaustive_limit=1), tmp_path / "a",
-                progress=False)
+        compare(
+            tiny_loaded(tokenizer),
+            small_config(corpora, methods=["exhaustive"], exhaustive_limit=1),
+            tmp_path / "a",
+            progress=False,
+        )
     if not torch.cuda.is_available():
         with pytest.raises(EvopError, match="no CUDA GPU is visible here"):
             compare(tiny_loaded(tokenizer), small_config(corpora, device="cuda"), tmp_path / "b", progress=False)
@@ -184,8 +230,9 @@ def test_overwrite_deletes_only_what_compare_wrote(corpora, tokenizer, tmp_path)
     (out / "notes.txt").write_text("mine")
     (out / "cells").mkdir()
     (out / "cells" / "stale.json").write_text("{}")
-    config = small_config(corpora, methods=["sleb"], sparsities=[0.2], seeds=[0], ablations=False, fig1a=False,
-                          fig1c=False, speed=False)
+    config = small_config(
+        corpora, methods=["sleb"], sparsities=[0.2], seeds=[0], ablations=False, fig1a=False, fig1c=False, speed=False
+    )
     with pytest.raises(EvopError, match="already exists"):
         compare(tiny_loaded(tokenizer), config, out, progress=False)
     results = compare(tiny_loaded(tokenizer), config, out, overwrite=True, progress=False)
@@ -203,12 +250,23 @@ def test_unreachable_task_data_is_reported_not_fatal(corpora, tokenizer, tmp_pat
         raise tasks_module.TasksUnavailable("cannot fetch task data from the Hugging Face Hub (offline)")
 
     monkeypatch.setattr(tasks_module, "tasks", offline)
-    config = small_config(corpora, methods=["sleb"], sparsities=[0.2], seeds=[0], ablations=False, fig1a=False,
-                          fig1c=False, speed=False, tasks=["arc_easy"])
+    config = small_config(
+        corpora,
+        methods=["sleb"],
+        sparsities=[0.2],
+        seeds=[0],
+        ablations=False,
+        fig1a=False,
+        fig1c=False,
+        speed=False,
+        tasks=["arc_easy"],
+    )
     results = compare(tiny_loaded(tokenizer), config, tmp_path / "r", progress=False)
     assert len(calls) == 1  # tried once on the dense model, then not again
-    assert all(c["tasks"] == {"unavailable": "cannot fetch task data from the Hugging Face Hub (offline)"}
-               for c in results["cells"])
+    assert all(
+        c["tasks"] == {"unavailable": "cannot fetch task data from the Hugging Face Hub (offline)"}
+        for c in results["cells"]
+    )
     assert "unavailable: cannot fetch task data" in (tmp_path / "r" / "report.md").read_text()
 
 
@@ -222,12 +280,23 @@ def test_a_model_failing_its_tasks_stops_the_run_and_marks_nothing_else(corpora,
         calls.append(1)
         if len(calls) == 3:
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
-        return tasks_module.TasksResult({"arc_easy": {"acc": 0.25 * len(calls)}}, {"arc_easy": 4},
-                                        {"acc": 0.25 * len(calls)}, 0, None, "stand-in")
+        return tasks_module.TasksResult(
+            {"arc_easy": {"acc": 0.25 * len(calls)}}, {"arc_easy": 4}, {"acc": 0.25 * len(calls)}, 0, None, "stand-in"
+        )
 
     monkeypatch.setattr(tasks_module, "tasks", scored)
-    config = small_config(corpora, methods=["sleb"], sparsities=[0.2], seeds=[0, 1, 2], ablations=False, fig1a=False,
-                          fig1c=False, speed=False, tasks=["arc_easy"], task_limit=4)
+    config = small_config(
+        corpora,
+        methods=["sleb"],
+        sparsities=[0.2],
+        seeds=[0, 1, 2],
+        ablations=False,
+        fig1a=False,
+        fig1c=False,
+        speed=False,
+        tasks=["arc_easy"],
+        task_limit=4,
+    )
     with pytest.raises(RuntimeError, match="CUDA error"):
         compare(tiny_loaded(tokenizer), config, tmp_path / "r", progress=False)
     assert sorted(p.stem for p in (tmp_path / "r" / "cells").glob("*.json")) == ["dense", "sleb-random-s0.2-seed0"]
@@ -240,14 +309,45 @@ def test_a_model_failing_its_tasks_stops_the_run_and_marks_nothing_else(corpora,
 
 
 def test_table1_says_which_seeds_lack_task_scores():
-    cells = [{"method": "dense", "sampler": "random", "sparsity": 0.0, "cluster": None, "seed": 0,
-              "tasks": {"scores": {"piqa": {"acc": 0.7}}, "mean": {"acc": 0.7}}}]
-    cells += [{"method": "sleb", "sampler": "random", "sparsity": 0.2, "cluster": None, "seed": seed,
-               "tasks": {"scores": {"piqa": {"acc": 0.6}}, "mean": {"acc": 0.6}} if seed == 0
-               else {"unavailable": "an older run's reason"}} for seed in (0, 1, 2)]
-    lines = "\n".join(tables._table1(tables.Cells({"config": {"tasks": ["piqa"], "methods": ["sleb"], "sparsities": [0.2],
-                                                               "baseline_sampler": "random", "speed": False},
-                                                   "cells": cells})))
+    cells = [
+        {
+            "method": "dense",
+            "sampler": "random",
+            "sparsity": 0.0,
+            "cluster": None,
+            "seed": 0,
+            "tasks": {"scores": {"piqa": {"acc": 0.7}}, "mean": {"acc": 0.7}},
+        }
+    ]
+    cells += [
+        {
+            "method": "sleb",
+            "sampler": "random",
+            "sparsity": 0.2,
+            "cluster": None,
+            "seed": seed,
+            "tasks": {"scores": {"piqa": {"acc": 0.6}}, "mean": {"acc": 0.6}}
+            if seed == 0
+            else {"unavailable": "an older run's reason"},
+        }
+        for seed in (0, 1, 2)
+    ]
+    lines = "\n".join(
+        tables._table1(
+            tables.Cells(
+                {
+                    "config": {
+                        "tasks": ["piqa"],
+                        "methods": ["sleb"],
+                        "sparsities": [0.2],
+                        "baseline_sampler": "random",
+                        "speed": False,
+                    },
+                    "cells": cells,
+                }
+            )
+        )
+    )
     assert "Zero-shot tasks of sleb at 0.2: 1 of 3 seeds (seeds 1, 2: an older run's reason)" in lines
 
 
@@ -259,19 +359,28 @@ def test_config_toml_round_trip_and_presets(tmp_path):
         assert CompareConfig.load(path) == config
     gpu = cmp.preset("gpu")
     assert (gpu.samples, gpu.seq_len, gpu.eval_seq_len, gpu.sparsities, gpu.seeds, gpu.device) == (
-        5, 2048, 2048, [0.1, 0.2, 0.3], [0, 1, 2], "cuda")
+        5,
+        2048,
+        2048,
+        [0.1, 0.2, 0.3],
+        [0, 1, 2],
+        "cuda",
+    )
 
 
-@pytest.mark.parametrize("text, message", [
-    ("sparsity = [0.1]", "unknown compare setting"),
-    ("sparsities = 0.1", "is not a list"),
-    ("sparsities = [1.5]", "strictly between 0 and 1"),
-    ("methods = ['evop', 'nope']", "unknown method 'nope'"),
-    ("seeds = [0, 0]", "must not repeat"),
-    ("samples = 0", "at least 1"),
-    ("[search]\nmethod = 'sleb'", "set per cell"),
-    ("sparsities = [", "not valid TOML"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("sparsity = [0.1]", "unknown compare setting"),
+        ("sparsities = 0.1", "is not a list"),
+        ("sparsities = [1.5]", "strictly between 0 and 1"),
+        ("methods = ['evop', 'nope']", "unknown method 'nope'"),
+        ("seeds = [0, 0]", "must not repeat"),
+        ("samples = 0", "at least 1"),
+        ("[search]\nmethod = 'sleb'", "set per cell"),
+        ("sparsities = [", "not valid TOML"),
+    ],
+)
 def test_bad_config_is_one_line_error(tmp_path, text, message):
     path = tmp_path / "bad.toml"
     path.write_text(text)

@@ -32,7 +32,9 @@ def plain_mean(model, dropped, ids, score):
 
 def plain_loss(model, dropped, ids):
     """HF's own loss of the pruned copy."""
-    return plain_mean(model, dropped, ids, lambda pruned, row: float(pruned(row[None], labels=row[None]).loss) * (row.numel() - 1))
+    return plain_mean(
+        model, dropped, ids, lambda pruned, row: float(pruned(row[None], labels=row[None]).loss) * (row.numel() - 1)
+    )
 
 
 def calibration(model, n=4, seq=12, seed=0):

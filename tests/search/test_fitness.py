@@ -6,12 +6,11 @@ from __future__ import annotations
 import random
 
 import pytest
-import torch
 import torch.nn.functional as F
 
 from evop_hub.errors import EvopError
+from evop_hub.scoring import parse_stages
 from evop_hub.search import SearchConfig, SerialEvaluator, StagedEvaluator, evaluator_for, run_search
-from evop_hub.search.evaluator import parse_stages
 
 from ..models.conftest import ARCHITECTURES, build
 from .test_evaluator import calibration, plain_mean
@@ -71,7 +70,7 @@ def test_kl_early_termination_keeps_the_selection():
     fast = SerialEvaluator(model, ids, batch_size=1, fitness="kl")
     fits = fast.evaluate(masks, survivors=4)
     best = sorted(full, key=lambda f: f.loss)[:4]
-    assert sorted((f.mask for f in fits if f.complete and f.loss <= best[-1].loss)) == sorted(f.mask for f in best)
+    assert sorted(f.mask for f in fits if f.complete and f.loss <= best[-1].loss) == sorted(f.mask for f in best)
     assert fast.stats.early_stops > 0
 
 
@@ -105,8 +104,10 @@ def test_known_masks_skip_the_stages():
     assert fits[0] is known and known.complete  # not screened out by a cheaper stage's opinion
 
 
-@pytest.mark.parametrize("text, error", [("8@", "invalid stage"), ("0@64", "invalid stage"), ("4@64,8@32", "more tokens"),
-                                         ("x", "invalid stage")])
+@pytest.mark.parametrize(
+    "text, error",
+    [("8@", "invalid stage"), ("0@64", "invalid stage"), ("4@64,8@32", "more tokens"), ("x", "invalid stage")],
+)
 def test_bad_stages_are_refused_in_one_line(text, error):
     with pytest.raises(EvopError, match=error):
         parse_stages(text)

@@ -21,8 +21,19 @@ ARGS = ["--num-drop", "3", "--population", "12", "--generations", "12", "--quiet
 
 
 def prune_cmd(model_dir, calibration, out, *extra):
-    return [sys.executable, "-m", "evop_hub.cli", "prune", str(model_dir), "--calibration", str(calibration),
-            "--output", str(out), *ARGS, *extra]
+    return [
+        sys.executable,
+        "-m",
+        "evop_hub.cli",
+        "prune",
+        str(model_dir),
+        "--calibration",
+        str(calibration),
+        "--output",
+        str(out),
+        *ARGS,
+        *extra,
+    ]
 
 
 @pytest.fixture
@@ -46,8 +57,9 @@ def test_sigkill_then_resume_matches_uninterrupted_run(llama_dir, calibration_fi
     subprocess.run(prune_cmd(llama_dir, calibration_file, whole), check=True, env=env, capture_output=True)
 
     cut = tmp_path / "cut"
-    proc = subprocess.Popen(prune_cmd(llama_dir, calibration_file, cut), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        prune_cmd(llama_dir, calibration_file, cut), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     state = cut / ".evop" / STATE_FILE
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
@@ -80,20 +92,29 @@ def test_resume_with_other_settings_is_refused(llama_dir, calibration_file, tmp_
     assert result.returncode == 2 and "another model, calibration set or settings" in result.stderr
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--method", "magic"], "unknown --method 'magic'"),
-    (["--sparsity", "1.5"], "--sparsity must be strictly between 0 and 1"),
-    (["--method", "sleb", "--pattern", "2:4"], "--pattern is Wanda's N:M weight sparsity; sleb removes whole blocks"),
-    (["--population", "0"], "--population must be at least 2"),
-    (["--batch-size", "0"], "--batch-size must be at least 1"),
-    (["--corpus", "wikitext3"], "unknown corpus 'wikitext3'"),
-    (["--corpus", "wiki-leads:bogus"], "corpus 'wiki-leads' has no split 'bogus'"),
-    (["--calibration", "missing.safetensors"], "calibration file missing.safetensors not found"),
-    (["--method", "wanda", "--plot", "w.png"], "--plot draws a block search's convergence; wanda searches nothing"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--method", "magic"], "unknown --method 'magic'"),
+        (["--sparsity", "1.5"], "--sparsity must be strictly between 0 and 1"),
+        (
+            ["--method", "sleb", "--pattern", "2:4"],
+            "--pattern is Wanda's N:M weight sparsity; sleb removes whole blocks",
+        ),
+        (["--population", "0"], "--population must be at least 2"),
+        (["--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--corpus", "wikitext3"], "unknown corpus 'wikitext3'"),
+        (["--corpus", "wiki-leads:bogus"], "corpus 'wiki-leads' has no split 'bogus'"),
+        (["--calibration", "missing.safetensors"], "calibration file missing.safetensors not found"),
+        (["--method", "wanda", "--plot", "w.png"], "--plot draws a block search's convergence; wanda searches nothing"),
+    ],
+)
 def test_bad_settings_fail_before_any_loading(tmp_path, args, message):
-    result = subprocess.run([sys.executable, "-m", "evop_hub.cli", "prune", "no/such-model", "--output",
-                             str(tmp_path / "o"), *args], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "evop_hub.cli", "prune", "no/such-model", "--output", str(tmp_path / "o"), *args],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "o").exists()
     assert "Hub" not in result.stderr  # the model was never looked up
@@ -103,8 +124,9 @@ def test_a_run_on_a_device_pool_ends_as_the_serial_run(llama_dir, calibration_fi
     # Two CPU workers stand in for two GPUs.
     serial, pooled = tmp_path / "serial", tmp_path / "pooled"
     subprocess.run(prune_cmd(llama_dir, calibration_file, serial), check=True, capture_output=True)
-    subprocess.run(prune_cmd(llama_dir, calibration_file, pooled, "--search-devices", "cpu,cpu"), check=True,
-                   capture_output=True)
+    subprocess.run(
+        prune_cmd(llama_dir, calibration_file, pooled, "--search-devices", "cpu,cpu"), check=True, capture_output=True
+    )
     assert bests(pooled) == bests(serial)
 
 
@@ -112,9 +134,30 @@ def test_resume_with_another_calibration_draw_is_refused(llama_dir, tmp_path):  
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n\n".join(" ".join(f"w{(7 * i + j) % 90}" for j in range(40)) for i in range(30)))
     out = tmp_path / "run"
-    base = [sys.executable, "-m", "evop_hub.cli", "prune", str(llama_dir), "--corpus", str(corpus), "--sampler", "random",
-            "--clusters", "2", "--seq-len", "16", "--output", str(out), "--num-drop", "1", "--population", "4",
-            "--generations", "1", "--quiet"]
+    base = [
+        sys.executable,
+        "-m",
+        "evop_hub.cli",
+        "prune",
+        str(llama_dir),
+        "--corpus",
+        str(corpus),
+        "--sampler",
+        "random",
+        "--clusters",
+        "2",
+        "--seq-len",
+        "16",
+        "--output",
+        str(out),
+        "--num-drop",
+        "1",
+        "--population",
+        "4",
+        "--generations",
+        "1",
+        "--quiet",
+    ]
     subprocess.run(base, check=True, capture_output=True)
     other = tmp_path / "other.txt"
     other.write_text(corpus.read_text())
@@ -127,8 +170,28 @@ def test_resume_with_another_calibration_draw_is_refused(llama_dir, tmp_path):  
 def test_a_run_that_fails_before_its_search_leaves_nothing_to_resume(llama_dir, tmp_path):  # noqa: F811
     """A calibration error must not leave an empty run behind, or the retry is refused as "already exists"."""
     out = tmp_path / "run"
-    base = [sys.executable, "-m", "evop_hub.cli", "prune", str(llama_dir), "--sampler", "random", "--clusters", "2",
-            "--seq-len", "16", "--output", str(out), "--num-drop", "1", "--population", "4", "--generations", "1", "--quiet"]
+    base = [
+        sys.executable,
+        "-m",
+        "evop_hub.cli",
+        "prune",
+        str(llama_dir),
+        "--sampler",
+        "random",
+        "--clusters",
+        "2",
+        "--seq-len",
+        "16",
+        "--output",
+        str(out),
+        "--num-drop",
+        "1",
+        "--population",
+        "4",
+        "--generations",
+        "1",
+        "--quiet",
+    ]
     failed = subprocess.run([*base, "--corpus", str(tmp_path / "missing.txt")], capture_output=True, text=True)
     assert failed.returncode == 2 and "not found" in failed.stderr and not out.exists()
     corpus = tmp_path / "corpus.txt"
@@ -139,8 +202,21 @@ def test_a_run_that_fails_before_its_search_leaves_nothing_to_resume(llama_dir, 
 def test_an_existing_plot_is_not_replaced_without_overwrite(tmp_path):
     plot = tmp_path / "mine.png"
     plot.write_bytes(b"the user's picture")
-    result = subprocess.run([sys.executable, "-m", "evop_hub.cli", "prune", "no/such-model", "--output",
-                             str(tmp_path / "o"), "--plot", str(plot)], capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "evop_hub.cli",
+            "prune",
+            "no/such-model",
+            "--output",
+            str(tmp_path / "o"),
+            "--plot",
+            str(plot),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2 and "already exists; pass --overwrite" in result.stderr
     assert plot.read_bytes() == b"the user's picture"
 
@@ -159,29 +235,42 @@ def test_resume_on_another_batching_or_model_is_refused(tmp_path):
     tuned = build("llama", layers=6)  # the same embeddings, another block: a fine-tune of the same base
     with torch.no_grad():
         tuned.model.layers[3].mlp.down_proj.weight.mul_(1.01)
-    for other in (SerialEvaluator(model, ids, batch_size=1), SerialEvaluator(build("llama", layers=6, seed=1), ids, batch_size=2),
-                  SerialEvaluator(build("llama", layers=6).to(torch.bfloat16), ids, batch_size=2),
-                  SerialEvaluator(tuned, ids, batch_size=2)):
+    for other in (
+        SerialEvaluator(model, ids, batch_size=1),
+        SerialEvaluator(build("llama", layers=6, seed=1), ids, batch_size=2),
+        SerialEvaluator(build("llama", layers=6).to(torch.bfloat16), ids, batch_size=2),
+        SerialEvaluator(tuned, ids, batch_size=2),
+    ):
         with pytest.raises(EvopError, match="another model, calibration set or settings"):
             run_search(other, 2, config, state_dir=tmp_path, resume=True, progress=False)
-    again = run_search(SerialEvaluator(model, ids, batch_size=2), 2, config, state_dir=tmp_path, resume=True, progress=False)
+    again = run_search(
+        SerialEvaluator(model, ids, batch_size=2), 2, config, state_dir=tmp_path, resume=True, progress=False
+    )
     assert again.resumed
 
 
 def test_draw_options_beside_a_calibration_file_are_refused(llama_dir, calibration_file, tmp_path):  # noqa: F811
-    result = subprocess.run(prune_cmd(llama_dir, calibration_file, tmp_path / "o", "--corpus", "wiki-leads:bogus",
-                                      "--seq-len", "64"), capture_output=True, text=True)
+    result = subprocess.run(
+        prune_cmd(llama_dir, calibration_file, tmp_path / "o", "--corpus", "wiki-leads:bogus", "--seq-len", "64"),
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "--corpus, --seq-len would change nothing" in result.stderr and not (tmp_path / "o").exists()
 
 
-def test_quiet_silences_every_progress_bar_and_the_default_output_is_named_after_a_dot(llama_dir, calibration_file,  # noqa: F811
-                                                                                        tmp_path):
+def test_quiet_silences_every_progress_bar_and_the_default_output_is_named_after_a_dot(
+    llama_dir,
+    calibration_file,  # noqa: F811
+    tmp_path,
+):
     command = prune_cmd(".", calibration_file, "unused")
     command = command[: command.index("--output")] + command[command.index("--output") + 2 :]  # the default output
     result = subprocess.run(command, capture_output=True, text=True, cwd=llama_dir)
     assert result.returncode == 0, result.stderr
-    assert "it/s" not in result.stderr and "%|" not in result.stderr, result.stderr  # no tqdm bar (see tests/test_progress.py)
+    assert "it/s" not in result.stderr and "%|" not in result.stderr, (
+        result.stderr
+    )  # no tqdm bar (see tests/test_progress.py)
     assert (llama_dir / "outputs" / f"{llama_dir.name}-evop" / "config.json").is_file()
 
 
@@ -199,8 +288,12 @@ def test_calibration_longer_than_the_models_context_is_one_line(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("the cat sat on the mat " * 200)
     loaded = LoadedModel(model, tiny_tokenizer(), SourceInfo("tiny", "tiny"))
-    config = PruneConfig(corpus=str(corpus), calibration=CalibrationConfig(sampler="random", clusters=2, seq_len=128),
-                         num_drop=1, output=str(tmp_path / "o"))
+    config = PruneConfig(
+        corpus=str(corpus),
+        calibration=CalibrationConfig(sampler="random", clusters=2, seq_len=128),
+        num_drop=1,
+        output=str(tmp_path / "o"),
+    )
     with pytest.raises(EvopError, match="exceed the model's context of 64; use --seq-len 64 or less"):
         prune(loaded, config)
     assert not (tmp_path / "o").exists()

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from .._version import __version__  # this checkout's, installed or not
+
 PACKAGES = ("torch", "transformers", "accelerate", "lm-eval", "sentence-transformers")
 
 
@@ -31,8 +33,6 @@ def hardware() -> str:
 
 def versions() -> dict[str, str]:
     """Python and the installed versions of the packages a result depends on (absent ones left out)."""
-    from .. import __version__  # this checkout's, installed or not
-
     found = {"python": sys.version.split()[0], "evop-hub": __version__}
     for name in PACKAGES:
         try:

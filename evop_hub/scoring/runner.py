@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .adapters import block_path, text_config
+from ..models.adapters import block_path, text_config
 
 # Logit transforms some heads apply after ``lm_head``: config field -> function(logits, value).
 LOGIT_TRANSFORMS = {
@@ -27,18 +27,6 @@ LOGIT_TRANSFORMS = {
     "logit_scale": lambda x, scale: x * scale,  # Cohere
     "logits_scaling": lambda x, scale: x / scale,  # Granite
 }
-
-
-def input_device(model: torch.nn.Module) -> torch.device:
-    """Where input ids go: the embeddings' device; for embeddings that accelerate offloads (their
-    weights sit on "meta"), the device its hook runs them on, else the first device holding weights."""
-    embed = model.get_input_embeddings()
-    hook_device = getattr(getattr(embed, "_hf_hook", None), "execution_device", None)
-    if hook_device is not None:
-        return torch.device(hook_device)
-    if embed.weight.device.type != "meta":
-        return embed.weight.device
-    return next(p.device for p in model.parameters() if p.device.type != "meta")
 
 
 class _Stop(Exception):
@@ -164,8 +152,16 @@ class BlockRunner:
         One chunk sums exactly as a plain loop's ``cross_entropy(..., reduction="sum")`` does. The sum stays
         on the head's device until the end: a copy to the CPU per chunk would make a GPU wait for Python at
         every one of them (256 of 262k-vocabulary positions a chunk)."""
-        sums = torch.stack([F.cross_entropy(logits, targets, reduction="sum")
-                            for logits, targets in self._head_chunks(hidden, input_ids)]).double().cpu()
+        sums = (
+            torch.stack(
+                [
+                    F.cross_entropy(logits, targets, reduction="sum")
+                    for logits, targets in self._head_chunks(hidden, input_ids)
+                ]
+            )
+            .double()
+            .cpu()
+        )
         total = torch.zeros((), dtype=torch.float64)
         for value in sums:  # in chunk order, as the numbers were always summed
             total += value
@@ -174,8 +170,10 @@ class BlockRunner:
     @torch.no_grad()
     def nll_rows(self, hidden: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
         """Summed next-token NLL of each sequence of the batch, float64 on the CPU (one copy, as in ``nll``)."""
-        losses = [F.cross_entropy(logits, targets, reduction="none")
-                  for logits, targets in self._head_chunks(hidden, input_ids)]
+        losses = [
+            F.cross_entropy(logits, targets, reduction="none")
+            for logits, targets in self._head_chunks(hidden, input_ids)
+        ]
         return torch.cat(losses).double().cpu().view(input_ids.shape[0], -1).sum(1)
 
     def reference_chunks(self, dense: torch.Tensor) -> list[tuple[int, int]]:
@@ -210,8 +208,12 @@ class BlockRunner:
             for first in range(0, copies, per_call):
                 chunk = states[first : first + per_call, start:end]
                 pruned = F.log_softmax(self.logits(chunk.reshape(1, -1, chunk.shape[-1])).float()[0], dim=-1)
-                kl = F.kl_div(pruned.view(len(chunk), end - start, -1), target.to(pruned.device), log_target=True,
-                              reduction="none").sum(-1)
+                kl = F.kl_div(
+                    pruned.view(len(chunk), end - start, -1),
+                    target.to(pruned.device),
+                    log_target=True,
+                    reduction="none",
+                ).sum(-1)
                 sums.append((first, start, kl))
         total = torch.zeros(copies, rows * width, dtype=torch.float64, device=hidden.device)
         for first, start, kl in sums:

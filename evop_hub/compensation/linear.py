@@ -30,8 +30,8 @@ from typing import Any
 import torch
 
 from ..errors import EvopError
-from .adapters import block_path
-from .runner import BlockContext, BlockRunner, input_device
+from ..models import block_path, drop, input_device, validate_drop
+from ..scoring import BlockContext, BlockRunner
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +91,10 @@ def projection(block: torch.nn.Module, index: int) -> tuple[str, torch.nn.Module
         if isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D":
             return name, module
     kind = " (a mixture of experts)" if any("expert" in n for n, _ in block.named_modules()) else ""
-    raise EvopError(f"cannot compensate: block {index} ({type(block).__name__}) has no single MLP output "
-                    f"projection to fold a map into{kind}; use --compensate none")
+    raise EvopError(
+        f"cannot compensate: block {index} ({type(block).__name__}) has no single MLP output "
+        f"projection to fold a map into{kind}; use --compensate none"
+    )
 
 
 def _attention(block: torch.nn.Module) -> torch.nn.Module | None:
@@ -128,22 +130,32 @@ def check_fold_exact(runner: BlockRunner, ctx: BlockContext, index: int, hidden:
         out = runner.block(index, hidden, ctx)
     attention, plain_input, m = _attention(block), seen["x"], seen["m"]
     if attention is None:
-        raise EvopError(f"cannot compensate: no attention module found in block {index} ({type(block).__name__}) "
-                        "to check that its MLP follows the attention; use --compensate none")
-    with torch.no_grad(), _hooked(attention, _scaled_attention), _hooked(proj, lambda _m, args, _o: seen.update(x=args[0])):
+        raise EvopError(
+            f"cannot compensate: no attention module found in block {index} ({type(block).__name__}) "
+            "to check that its MLP follows the attention; use --compensate none"
+        )
+    with (
+        torch.no_grad(),
+        _hooked(attention, _scaled_attention),
+        _hooked(proj, lambda _m, args, _o: seen.update(x=args[0])),
+    ):
         runner.block(index, hidden, ctx)
     if torch.equal(seen["x"], plain_input):
-        raise EvopError(f"cannot compensate {type(runner.model).__name__}: its blocks run attention and MLP in "
-                        "parallel, so no map on the MLP output replaces the removed blocks exactly; use --compensate none")
+        raise EvopError(
+            f"cannot compensate {type(runner.model).__name__}: its blocks run attention and MLP in "
+            "parallel, so no map on the MLP output replaces the removed blocks exactly; use --compensate none"
+        )
     probe = _probe(m, out)
     with torch.no_grad(), _hooked(proj, lambda _m, _a, o: _apply(o, probe)):
         changed = runner.block(index, hidden, ctx)
     delta = m.double() @ probe.to(m.device) - m.double()
     error = (changed.double() - out.double() - delta).norm() / delta.norm()
     if error > max(_CHECK_TOLERANCE, 4 * torch.finfo(m.dtype).eps):
-        raise EvopError(f"cannot compensate {type(runner.model).__name__}: block {index} transforms its MLP output "
-                        f"({name}) before adding it to the residual (a post-MLP or post-residual norm), so a map "
-                        "folded into the projection would not be exact; use --compensate none")
+        raise EvopError(
+            f"cannot compensate {type(runner.model).__name__}: block {index} transforms its MLP output "
+            f"({name}) before adding it to the residual (a post-MLP or post-residual norm), so a map "
+            "folded into the projection would not be exact; use --compensate none"
+        )
 
 
 def _probe(m: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
@@ -163,8 +175,12 @@ def _apply(output: torch.Tensor, transform: torch.Tensor) -> torch.Tensor:
 def applied(model: torch.nn.Module, maps: Sequence[RunMap]) -> Iterator[None]:
     """The maps applied to their blocks' MLP outputs by forward hooks, weights untouched: what folding must equal."""
     blocks = model.get_submodule(block_path(model))
-    handles = [projection(blocks[m.block], m.block)[1].register_forward_hook(
-        lambda _mod, _args, out, t=m.transform: _apply(out, t)) for m in maps]
+    handles = [
+        projection(blocks[m.block], m.block)[1].register_forward_hook(
+            lambda _mod, _args, out, t=m.transform: _apply(out, t)
+        )
+        for m in maps
+    ]
     try:
         yield
     finally:
@@ -179,7 +195,9 @@ def fold(model: torch.nn.Module, index: int, transform: torch.Tensor) -> None:
     Computed in float64 so that an identity map leaves the weights bit for bit."""
     _, proj = projection(model.get_submodule(block_path(model))[index], index)
     if proj.weight.device.type == "meta":
-        raise EvopError(f"cannot compensate: block {index}'s weights are offloaded; load the model without disk offload")
+        raise EvopError(
+            f"cannot compensate: block {index}'s weights are offloaded; load the model without disk offload"
+        )
     t = transform.to(device=proj.weight.device, dtype=torch.float64)
     weight = proj.weight.double()
     new = t.T @ weight if isinstance(proj, torch.nn.Linear) else weight @ t
@@ -206,8 +224,9 @@ def _batches(input_ids: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]
         yield input_ids[start : start + batch_size]
 
 
-def _run_statistics(runner: BlockRunner, input_ids: torch.Tensor, run: list[int], maps: Sequence[RunMap],
-                    batch_size: int) -> tuple[torch.Tensor, torch.Tensor, float, int]:
+def _run_statistics(
+    runner: BlockRunner, input_ids: torch.Tensor, run: list[int], maps: Sequence[RunMap], batch_size: int
+) -> tuple[torch.Tensor, torch.Tensor, float, int]:
     """Sums over the calibration tokens for one run: MᵀM, MᵀR and |R|², R = dense state after the run - y.
     The pruned states pass through the maps already fitted (earlier runs), as the folded model will."""
     j, last = run[0] - 1, run[-1]
@@ -241,15 +260,23 @@ def _mse(gram: torch.Tensor, cross: torch.Tensor, rr: float, tokens: int, t: tor
     return max(value, 0.0) / tokens
 
 
-def fit_linear(model: torch.nn.Module, dropped: Sequence[int], input_ids: torch.Tensor, *,
-               ridge: float = DEFAULT_RIDGE, batch_size: int = 1) -> list[RunMap]:
+def fit_linear(
+    model: torch.nn.Module,
+    dropped: Sequence[int],
+    input_ids: torch.Tensor,
+    *,
+    ridge: float = DEFAULT_RIDGE,
+    batch_size: int = 1,
+) -> list[RunMap]:
     """One map per run of ``dropped`` (current numbering), fitted in order: run 2's inputs come from the model
     with run 1 already compensated, as they will in the saved checkpoint. Weights are not changed."""
     check_ridge(ridge)
     runs = removed_runs(dropped)
     if runs and runs[0][0] == 0:
-        raise EvopError(f"cannot compensate the removal of block(s) {_span(runs[0])}: they start the model, so no kept "
-                        "block before them can take the map; use --compensate none or keep block 0")
+        raise EvopError(
+            f"cannot compensate the removal of block(s) {_span(runs[0])}: they start the model, so no kept "
+            "block before them can take the map; use --compensate none or keep block 0"
+        )
     runner = BlockRunner(model)
     ids = input_ids.to(input_device(model))
     maps: list[RunMap] = []
@@ -257,10 +284,18 @@ def fit_linear(model: torch.nn.Module, dropped: Sequence[int], input_ids: torch.
         gram, cross, rr, tokens = _run_statistics(runner, ids, run, maps, batch_size)
         t = solve(gram, cross, ridge)
         eye = torch.eye(t.shape[0], dtype=torch.float64, device=t.device)
-        maps.append(RunMap(run, run[0] - 1, t.cpu(), tokens, _mse(gram, cross, rr, tokens, eye),
-                           _mse(gram, cross, rr, tokens, t)))
-        log.info("compensation: blocks %s -> map on block %d's MLP output; hidden-state MSE %.4g -> %.4g",
-                 _span(run), run[0] - 1, maps[-1].mse_before, maps[-1].mse_after)
+        maps.append(
+            RunMap(
+                run, run[0] - 1, t.cpu(), tokens, _mse(gram, cross, rr, tokens, eye), _mse(gram, cross, rr, tokens, t)
+            )
+        )
+        log.info(
+            "compensation: blocks %s -> map on block %d's MLP output; hidden-state MSE %.4g -> %.4g",
+            _span(run),
+            run[0] - 1,
+            maps[-1].mse_before,
+            maps[-1].mse_after,
+        )
     return maps
 
 
@@ -269,8 +304,13 @@ def _span(run: Sequence[int]) -> str:
 
 
 @torch.no_grad()
-def calibration_losses(model: torch.nn.Module, input_ids: torch.Tensor, dropped: Sequence[int],
-                       maps: Sequence[RunMap] = (), batch_size: int = 1) -> dict[str, dict[str, float]]:
+def calibration_losses(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    dropped: Sequence[int],
+    maps: Sequence[RunMap] = (),
+    batch_size: int = 1,
+) -> dict[str, dict[str, float]]:
     """Mean next-token NLL of the dense, pruned and (with ``maps`` applied by hooks, which folding equals exactly)
     compensated model over the calibration set, and the mean KL(dense || model) of the pruned and compensated ones:
     one walk per batch, with the dense weights untouched, so the dense reference stays the dense model."""
@@ -306,8 +346,14 @@ def check_compensable(model: torch.nn.Module, input_ids: torch.Tensor, tokens: i
         hidden = runner.block(index, hidden, ctx)
 
 
-def compensate(model: torch.nn.Module, dropped: Sequence[int], input_ids: torch.Tensor, *,
-               ridge: float = DEFAULT_RIDGE, batch_size: int = 1) -> tuple[list[RunMap], dict[str, dict[str, float]]]:
+def compensate(
+    model: torch.nn.Module,
+    dropped: Sequence[int],
+    input_ids: torch.Tensor,
+    *,
+    ridge: float = DEFAULT_RIDGE,
+    batch_size: int = 1,
+) -> tuple[list[RunMap], dict[str, dict[str, float]]]:
     """Fit the maps for removing ``dropped`` (current numbering) and fold them; the caller then removes the blocks.
     Returns the maps and the calibration losses (``calibration_losses``) before and after compensation."""
     maps = fit_linear(model, dropped, input_ids, ridge=ridge, batch_size=batch_size)
@@ -315,8 +361,14 @@ def compensate(model: torch.nn.Module, dropped: Sequence[int], input_ids: torch.
     for m in maps:
         fold(model, m.block, m.transform)
     nll, kl = losses["nll"], losses["kl"]
-    log.info("compensation: calibration NLL %.4f -> %.4f (dense %.4f), KL to dense %.4f -> %.4f",
-             nll["pruned"], nll["compensated"], nll["dense"], kl["pruned"], kl["compensated"])
+    log.info(
+        "compensation: calibration NLL %.4f -> %.4f (dense %.4f), KL to dense %.4f -> %.4f",
+        nll["pruned"],
+        nll["compensated"],
+        nll["dense"],
+        kl["pruned"],
+        kl["compensated"],
+    )
     return maps, losses
 
 
@@ -333,11 +385,17 @@ def _parameter_name(model: torch.nn.Module, index: int) -> str:
     return f"{path}.{index}.{projection(model.get_submodule(path)[index], index)[0]}"
 
 
-def compensated_drop(loaded: Any, dropped: Sequence[int], input_ids: torch.Tensor, *, ridge: float = DEFAULT_RIDGE,
-                     batch_size: int = 1, calibration: dict[str, Any] | None = None) -> Any:
+def compensated_drop(
+    loaded: Any,
+    dropped: Sequence[int],
+    input_ids: torch.Tensor,
+    *,
+    ridge: float = DEFAULT_RIDGE,
+    batch_size: int = 1,
+    calibration: dict[str, Any] | None = None,
+) -> Any:
     """``models.drop`` with ReplaceMe compensation: blocks in the *original* numbering of the source; the maps are
     fitted on ``input_ids``, folded, the blocks removed, and ``loaded.record.compensation`` says what was done."""
-    from .surgery import drop, validate_drop
 
     record = loaded.record
     original = validate_drop(list(dropped), record.num_blocks)
@@ -345,17 +403,30 @@ def compensated_drop(loaded: Any, dropped: Sequence[int], input_ids: torch.Tenso
     missing = [i for i in original if i not in current]
     if missing:
         raise EvopError(f"block(s) {missing} were already removed from this model")
-    maps, losses = compensate(loaded.model, [current[i] for i in original], input_ids, ridge=ridge, batch_size=batch_size)
+    maps, losses = compensate(
+        loaded.model, [current[i] for i in original], input_ids, ridge=ridge, batch_size=batch_size
+    )
     drop(loaded, original)
     to_original = {i: orig for orig, i in current.items()}
-    runs = [{"removed_blocks": [to_original[i] for i in m.removed], "folded_into_block": to_original[m.block],
-             "folded_into": _parameter_name(loaded.model, record.kept_blocks.index(to_original[m.block])),
-             "hidden_mse": {"uncompensated": m.mse_before, "compensated": m.mse_after}} for m in maps]
+    runs = [
+        {
+            "removed_blocks": [to_original[i] for i in m.removed],
+            "folded_into_block": to_original[m.block],
+            "folded_into": _parameter_name(loaded.model, record.kept_blocks.index(to_original[m.block])),
+            "hidden_mse": {"uncompensated": m.mse_before, "compensated": m.mse_after},
+        }
+        for m in maps
+    ]
     record.compensation = {
-        "method": "linear", "reference": "ReplaceMe (arXiv 2505.02819)",
+        "method": "linear",
+        "reference": "ReplaceMe (arXiv 2505.02819)",
         "objective": "least squares toward identity: T = (MᵀM + λI)⁻¹(MᵀR + λI), λ = ridge · tr(MᵀM) / hidden",
-        "ridge": ridge, "calibration": calibration or {}, "samples": int(input_ids.shape[0]),
-        "tokens": int(input_ids.numel()), "runs": runs,
-        "calibration_nll": losses["nll"], "calibration_kl": losses["kl"],
+        "ridge": ridge,
+        "calibration": calibration or {},
+        "samples": int(input_ids.shape[0]),
+        "tokens": int(input_ids.numel()),
+        "runs": runs,
+        "calibration_nll": losses["nll"],
+        "calibration_kl": losses["kl"],
     }
     return loaded

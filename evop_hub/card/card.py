@@ -7,23 +7,16 @@ time (after new evaluations), so nothing in it is ever edited by hand or stored 
 
 from __future__ import annotations
 
-import logging
 import re
-import shutil
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import EvalResult, ModelCard, ModelCardData, is_offline_mode
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from ..errors import EvopError
-from ..files import atomic_path
 from ..record import PruningRecord
+from ..record.results import SpeedResult, TasksResult
 
-log = logging.getLogger(__name__)
-
-# Files of the base repository that travel with derived weights (Llama 2 ships both).
-LICENSE_PATTERNS = ("LICENSE", "LICENSE.*", "LICENCE", "LICENCE.*", "USE_POLICY", "USE_POLICY.*")
+PROJECT_URL = "https://github.com/evop-hub/evop-hub"
 
 # Corpora of evop_hub.data that live on the Hub, as the Hub names them (dataset id, config); only these
 # can be a card's `datasets:` (the others, wiki-leads, pydoc, shakespeare and local files, appear in its text).
@@ -169,7 +162,11 @@ def default_repo_name(record: PruningRecord) -> str:
     ``{model}-evop-{method}-{percent}pct`` for the width baselines: models pruned differently never share a name."""
     base = (record.source_hub_id or Path(record.source_model).name or "model").split("/")[-1]
     method = "" if record.method == "evop" else f"{record.method}-"
-    size = f"{len(record.kept_blocks)}L" if record.sparsity_unit == "blocks" else f"{round(100 * (record.sparsity or 0))}pct"
+    size = (
+        f"{len(record.kept_blocks)}L"
+        if record.sparsity_unit == "blocks"
+        else f"{round(100 * (record.sparsity or 0))}pct"
+    )
     name = f"{base}-evop-{method}{size}"
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.")[:96]
 
@@ -258,28 +255,21 @@ def card_data(record: PruningRecord, model_name: str, license_files: list[str] |
         license=record.license,
         license_name=record.license_name,
         license_link=license_link(record, license_files),
-        tags=["pruned", "layer-pruning" if record.sparsity_unit == "blocks" else "width-pruning", "evop",
-              f"evop-{record.method}", arch],
+        tags=[
+            "pruned",
+            "layer-pruning" if record.sparsity_unit == "blocks" else "width-pruning",
+            "evop",
+            f"evop-{record.method}",
+            arch,
+        ],
         datasets=datasets or None,
         model_name=model_name,
         eval_results=eval_results(record) or None,
     )
 
 
-# Issue 26's measurement (tests/benchmarks/bench_robust_gpu.md in evop-hub's source), quoted on every card of the
-# default search; tests/hub/test_card.py keeps the numbers equal to that file's.
-EVOP_EVIDENCE = (
-    "Evidence for this search: on SmolLM2-135M (H200, 3 calibration seeds), evop-hub's default (CCDS over a mixture "
-    "of general text, 40 x 2048 tokens, KL to the dense model with staged selection) reached a mean held-out "
-    "log-perplexity over WikiText-2, Wikipedia leads, Python documentation and Shakespeare of 3.740 with 6 of 30 "
-    "blocks dropped (tied with the angular criterion, which chose the same blocks; EvoP as published 3.820, SLEB "
-    "3.838, ShortGPT 3.804) and 4.258 with 9 of 30, the lowest of all (EvoP as published 4.352, SLEB 4.389, ShortGPT "
-    "4.649, angular 5.011); evop-hub's tests/benchmarks/bench_robust_gpu.md. A second architecture is not measured yet"
-)
-EVOP_EVIDENCE_ELSEWHERE = (
-    "This run changed the default search or calibration, so the held-out comparison measured for the defaults "
-    "(evop-hub's tests/benchmarks/bench_robust_gpu.md) does not apply to it as it stands"
-)
+# Where readers find how each method compares on held-out text; a card describes its own model only.
+RESULTS_URL = f"{PROJECT_URL}/blob/main/tests/benchmarks/RESULTS.md"
 
 
 def _search_lines(record: PruningRecord) -> list[str]:
@@ -288,8 +278,11 @@ def _search_lines(record: PruningRecord) -> list[str]:
     config, stats = search.get("config") or {}, search.get("stats") or {}
     lines = []
     if search.get("method"):
-        settings = ", ".join(f"{k} {config[k]}" for k in ("fitness", "stages", "population", "generations", "seed")
-                             if config.get(k) not in (None, ""))
+        settings = ", ".join(
+            f"{k} {config[k]}"
+            for k in ("fitness", "stages", "population", "generations", "seed")
+            if config.get(k) not in (None, "")
+        )
         lines.append(f"Search: `{search['method']}`" + (f" ({settings})" if settings else ""))
     if search.get("steps") is not None:
         resumed = " (resumed)" if search.get("resumed") else ""
@@ -300,19 +293,9 @@ def _search_lines(record: PruningRecord) -> list[str]:
         lines.append(f"Search time: {search['seconds']:.1f} s")
     if record.sparsity is not None:
         lines.append(f"Sparsity: {_cell(record.sparsity)} ({record.sparsity_unit})")
-    if search.get("method") == "evop":
-        lines.append(EVOP_EVIDENCE if _default_evop(record) else EVOP_EVIDENCE_ELSEWHERE)
+    if search.get("method"):
+        lines.append(f"How the block methods compare on held-out text: [evop-hub's benchmarks]({RESULTS_URL})")
     return lines
-
-
-def _default_evop(record: PruningRecord) -> bool:
-    """Whether the run is the setting EVOP_EVIDENCE measured: CCDS and the default search (any seed)."""
-    from ..search import SearchConfig
-
-    config = (record.search or {}).get("config") or {}
-    defaults = asdict(SearchConfig())
-    same = all(config.get(key, value) == value for key, value in defaults.items() if key not in ("method", "seed"))
-    return same and (record.calibration or {}).get("sampler", "ccds") == "ccds"
 
 
 def _calibration_lines(calibration: dict[str, Any] | None) -> list[str]:
@@ -323,7 +306,9 @@ def _calibration_lines(calibration: dict[str, Any] | None) -> list[str]:
     lines = [f"{key}: `{calibration[key]}`" for key in keys if calibration.get(key) is not None]
     nmi = calibration.get("nmi")
     if isinstance(nmi, dict) and "clusters" in nmi:
-        lines.append(f"clusters against known topics: NMI {nmi['clusters']} (random clusters of the same sizes: {nmi.get('random_same_sizes')})")
+        lines.append(
+            f"clusters against known topics: NMI {nmi['clusters']} (random clusters of the same sizes: {nmi.get('random_same_sizes')})"
+        )
     return lines
 
 
@@ -344,26 +329,36 @@ def _compensation_lines(record: PruningRecord) -> list[str]:
     if not comp:
         return []
     data = ", ".join(f"{k} `{v}`" for k, v in (comp.get("calibration") or {}).items()) or "the calibration set"
-    lines = [f"Method: `{comp['method']}` ({comp.get('reference', '')}), {comp.get('objective', '')}, ridge {comp.get('ridge')}",
-             f"Fitted on {comp.get('samples')} samples, {comp.get('tokens')} tokens: {data}"]
+    lines = [
+        f"Method: `{comp['method']}` ({comp.get('reference', '')}), {comp.get('objective', '')}, ridge {comp.get('ridge')}",
+        f"Fitted on {comp.get('samples')} samples, {comp.get('tokens')} tokens: {data}",
+    ]
     for run in comp.get("runs", []):
         mse = run.get("hidden_mse") or {}
-        lines.append(f"Blocks {', '.join(map(str, run['removed_blocks']))} replaced by a map folded into `{run['folded_into']}` "
-                     f"(original block {run['folded_into_block']}); hidden-state MSE {mse.get('uncompensated', 0):.4g} -> "
-                     f"{mse.get('compensated', 0):.4g}")
+        lines.append(
+            f"Blocks {', '.join(map(str, run['removed_blocks']))} replaced by a map folded into `{run['folded_into']}` "
+            f"(original block {run['folded_into_block']}); hidden-state MSE {mse.get('uncompensated', 0):.4g} -> "
+            f"{mse.get('compensated', 0):.4g}"
+        )
     nll, kl = comp.get("calibration_nll") or {}, comp.get("calibration_kl") or {}
     if nll:
-        lines.append(f"Calibration NLL: pruned {nll['pruned']:.4f} -> compensated {nll['compensated']:.4f} "
-                     f"(all blocks: {nll['dense']:.4f})" + (f"; KL(dense || model): {kl['pruned']:.4f} -> "
-                                                            f"{kl['compensated']:.4f}" if kl else "")
-                     + "; measured on the text it was fitted on, not held out")
+        lines.append(
+            f"Calibration NLL: pruned {nll['pruned']:.4f} -> compensated {nll['compensated']:.4f} "
+            f"(all blocks: {nll['dense']:.4f})"
+            + (f"; KL(dense || model): {kl['pruned']:.4f} -> {kl['compensated']:.4f}" if kl else "")
+            + "; measured on the text it was fitted on, not held out"
+        )
     return lines
 
 
 def _calibration_loss(record: PruningRecord) -> str:
     """From ``scores["calibration_loss"]`` (dense/pruned, as `prune` stores it), else the search summary."""
     loss, search = (record.scores or {}).get("calibration_loss"), record.search or {}
-    pruned, dense = (loss.get("pruned"), loss.get("dense")) if isinstance(loss, dict) else (search.get("loss"), search.get("dense_loss"))
+    pruned, dense = (
+        (loss.get("pruned"), loss.get("dense"))
+        if isinstance(loss, dict)
+        else (search.get("loss"), search.get("dense_loss"))
+    )
     if pruned is None:
         return ""
     of_dense = f" (all blocks: {dense:.4f})" if dense is not None else ""
@@ -373,8 +368,6 @@ def _calibration_loss(record: PruningRecord) -> str:
 
 
 def _tasks_table(tasks: dict[str, Any]) -> str:
-    from ..evaluate.tasks import TasksResult
-
     text = TasksResult.from_dict(tasks).table()
     if tasks.get("limit") is not None:
         text += f"\n\nOnly {tasks['limit']} examples per task (--limit): a quick look, not comparable with published numbers."
@@ -382,8 +375,6 @@ def _tasks_table(tasks: dict[str, Any]) -> str:
 
 
 def _speed_table(speed: dict[str, Any]) -> str:
-    from ..evaluate.speed import SpeedResult
-
     return SpeedResult.from_dict(speed).table()
 
 
@@ -413,14 +404,23 @@ def _lineage_note(record: PruningRecord) -> str:
     for link in record.chain()[1:]:
         name = link.get("source_hub_id") or link["source_model"]
         if link.get("sparsity_unit", "blocks") == "blocks":
-            steps.append(f"`{name}` with blocks {link['dropped_blocks']} of its {link['num_blocks']} removed ({link['method']})")
+            steps.append(
+                f"`{name}` with blocks {link['dropped_blocks']} of its {link['num_blocks']} removed ({link['method']})"
+            )
         else:
-            share = f"{link['sparsity']:.0%} of its {link['sparsity_unit']}" if link.get("sparsity") is not None else link["sparsity_unit"]
+            share = (
+                f"{link['sparsity']:.0%} of its {link['sparsity_unit']}"
+                if link.get("sparsity") is not None
+                else link["sparsity_unit"]
+            )
             steps.append(f"`{name}` with {share} pruned ({link['method']})")
     if not steps:
         return ""
-    return (f" Its source `{record.source_model}` was itself made by evop-hub: " + ", made from ".join(steps)
-            + f"; block numbers below count the blocks of `{record.source_model}`.")
+    return (
+        f" Its source `{record.source_model}` was itself made by evop-hub: "
+        + ", made from ".join(steps)
+        + f"; block numbers below count the blocks of `{record.source_model}`."
+    )
 
 
 def _license_note(record: PruningRecord, copied: list[str] | None) -> str:
@@ -434,12 +434,19 @@ def _license_note(record: PruningRecord, copied: list[str] | None) -> str:
     if copied:
         return lead + " Its files are copied here: " + ", ".join(f"[{name}]({name})" for name in copied) + "."
     if copied is None:
-        return lead + " The base repository's license files could not be fetched when this card was written (offline, or no Hub repository known); read them on the base model's page."
+        return (
+            lead
+            + " The base repository's license files could not be fetched when this card was written (offline, or no Hub repository known); read them on the base model's page."
+        )
     return lead + " The base repository has no separate license file."
 
 
-def render(record: PruningRecord, repo_id: str | None = None, license_files: list[str] | None = None,
-           revision: str | None = None) -> ModelCard:
+def render(
+    record: PruningRecord,
+    repo_id: str | None = None,
+    license_files: list[str] | None = None,
+    revision: str | None = None,
+) -> ModelCard:
     """The card for a record. ``repo_id`` (and a ``revision`` other than main: the branch pushed to) go in the
     loading snippet; ``license_files`` None means unknown."""
     kept = record.kept_blocks
@@ -449,7 +456,11 @@ def render(record: PruningRecord, repo_id: str | None = None, license_files: lis
         f"`{base}` with {len(record.dropped_blocks)} of its {record.num_blocks} transformer blocks removed "
         f"by evop-hub ({record.method}; EvoP, Wu et al. 2025): "
         f"{len(kept)} blocks remain"
-        + (f", with {record.parameter_reduction:.1%} fewer parameters." if record.parameter_reduction is not None else ".")
+        + (
+            f", with {record.parameter_reduction:.1%} fewer parameters."
+            if record.parameter_reduction is not None
+            else "."
+        )
     )
     width = record.sparsity_unit != "blocks"  # a width baseline (wanda, slicegpt): no block was removed
     search = record.search or {}
@@ -457,7 +468,9 @@ def render(record: PruningRecord, repo_id: str | None = None, license_files: lis
         summary = f"`{base}` pruned by evop-hub's `{record.method}` baseline: {search.get('summary', record.method)}."
         format_note = search.get("format", "")
     else:
-        format_note = f"It is a standard `{record.architecture}` checkpoint: no custom code, no evop-hub needed to use it."
+        format_note = (
+            f"It is a standard `{record.architecture}` checkpoint: no custom code, no evop-hub needed to use it."
+        )
     summary += _lineage_note(record)
     speed = (record.scores or {}).get("speed")
     if speed and speed.get("speedup", {}).get("decode"):
@@ -499,64 +512,3 @@ def render(record: PruningRecord, repo_id: str | None = None, license_files: lis
         created=record.created,
         license_note=_license_note(record, license_files),
     )
-
-
-# ---------------------------------------------------------------- files
-def _is_license_file(name: str) -> bool:
-    from fnmatch import fnmatch
-
-    return "/" not in name and any(fnmatch(name.upper(), p) for p in LICENSE_PATTERNS)
-
-
-def present_license_files(output_dir: Path) -> list[str]:
-    return sorted(p.name for p in output_dir.iterdir() if p.is_file() and _is_license_file(p.name))
-
-
-def base_license_files(record: PruningRecord, output_dir: Path) -> dict[str, Path] | None:
-    """LICENSE / USE_POLICY files of the base repo: name -> local path (a source dir or the Hub cache).
-
-    None when the base could not be asked (offline, gated, no Hub id): the card then says so
-    instead of silently omitting them.
-    """
-    local = Path(record.source_spec(output_dir)).expanduser()
-    if local.is_dir():
-        return {p.name: p for p in sorted(local.iterdir()) if p.is_file() and _is_license_file(p.name)}
-    if not record.source_hub_id or is_offline_mode():
-        return None
-    from huggingface_hub import HfApi, hf_hub_download
-
-    try:
-        # model_info is one request without retries, so an offline machine fails fast here.
-        info = HfApi().model_info(record.source_hub_id, revision=record.source_revision, timeout=10)
-        names = [s.rfilename for s in info.siblings or [] if _is_license_file(s.rfilename)]
-        return {n: Path(hf_hub_download(record.source_hub_id, n, revision=record.source_revision)) for n in sorted(names)}
-    except Exception as exc:  # noqa: BLE001 - offline or gated: the card notes it, the run goes on
-        log.debug("license files of %s not fetched: %s", record.source_hub_id, type(exc).__name__)
-        return None
-
-
-def write_card(output_dir: str | Path, repo_id: str | None = None, fetch_license: bool = True) -> Path:
-    """(Re)write ``output_dir/README.md`` from its ``evop_pruning.json``; returns the card's path."""
-    output_dir = Path(output_dir)
-    record = check_output_dir(output_dir)
-    found = base_license_files(record, output_dir) if fetch_license else None
-    for name, src in (found or {}).items():
-        with atomic_path(output_dir / name) as tmp:
-            shutil.copyfile(src, tmp)
-    present = present_license_files(output_dir)
-    copied = present if present or found is not None else None
-    path = output_dir / "README.md"
-    with atomic_path(path) as tmp:
-        render(record, repo_id=repo_id, license_files=copied).save(tmp)
-    return path
-
-
-def check_output_dir(output_dir: str | Path) -> PruningRecord:
-    """The record of an evop-hub output, or one line saying why this is not one."""
-    output_dir = Path(output_dir)
-    if not output_dir.is_dir():
-        raise EvopError(f"{output_dir} is not a directory; point at the output of `evop-hub prune` or `evop-hub drop`.")
-    record = PruningRecord.load(output_dir)
-    if not (output_dir / "config.json").is_file():
-        raise EvopError(f"{output_dir} has no config.json: the checkpoint is incomplete; re-run the pruning.")
-    return record

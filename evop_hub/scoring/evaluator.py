@@ -40,7 +40,7 @@ import torch
 
 from ..errors import EvopError
 from ..models.loading import check_device
-from ..models.runner import BlockContext, BlockRunner
+from .runner import BlockContext, BlockRunner
 
 Mask = tuple[int, ...]  # dropped block indices, sorted
 FITNESSES = ("nll", "kl")  # mean next-token NLL; mean KL(dense || pruned) of the next-token distributions
@@ -174,11 +174,19 @@ class SerialEvaluator(Evaluator):
         for name, p in self.model.named_parameters():
             if p.device.type != "meta":
                 flat = p.detach().flatten()
-                digest.update(name.encode() + flat[:: max(1, flat.numel() // 256)][:256].float().cpu().numpy().tobytes())
+                digest.update(
+                    name.encode() + flat[:: max(1, flat.numel() // 256)][:256].float().cpu().numpy().tobytes()
+                )
         parameters = sum(p.numel() for p in self.model.parameters())
-        return [type(self.model).__name__, parameters, str(next(self.model.parameters()).dtype), digest.hexdigest(),
-                hashlib.sha256(self.input_ids.cpu().numpy().tobytes()).hexdigest(), self.batch_size,
-                *([] if self.fitness == "nll" else [self.fitness])]  # NLL checkpoints of earlier versions resume
+        return [
+            type(self.model).__name__,
+            parameters,
+            str(next(self.model.parameters()).dtype),
+            digest.hexdigest(),
+            hashlib.sha256(self.input_ids.cpu().numpy().tobytes()).hexdigest(),
+            self.batch_size,
+            *([] if self.fitness == "nll" else [self.fitness]),
+        ]  # NLL checkpoints of earlier versions resume
 
     # ------------------------------------------------------------------ prefix cache
     def _remember(self, key: tuple, hidden: torch.Tensor) -> None:
@@ -287,8 +295,9 @@ class SerialEvaluator(Evaluator):
             size = dense.shape[0] * (dense.shape[1] - 1) * self.runner.head.weight.shape[0] * 4
             if size * (len(self.references) + 1) > self.cache_bytes:
                 return None
-            self.references[b] = [self.runner.log_probs(dense, start, end)
-                                  for start, end in self.runner.reference_chunks(dense)]
+            self.references[b] = [
+                self.runner.log_probs(dense, start, end) for start, end in self.runner.reference_chunks(dense)
+            ]
         return self.references[b].__getitem__
 
     # ------------------------------------------------------------------ evaluation
@@ -296,8 +305,11 @@ class SerialEvaluator(Evaluator):
         """Add batches, one at a time for all of ``fits`` together, until each has ``until`` (default: all)
         or its partial sum exceeds ``bound()``."""
         for b in range(len(self.batches) if until is None else until):
-            keyed = sorted(((keep_bits(f.mask, self.num_blocks), f) for f in fits if f.batches == b and f.loss_sum <= bound()),
-                           key=lambda pair: pair[0], reverse=True)
+            keyed = sorted(
+                ((keep_bits(f.mask, self.num_blocks), f) for f in fits if f.batches == b and f.loss_sum <= bound()),
+                key=lambda pair: pair[0],
+                reverse=True,
+            )
             if not keyed:
                 continue
             keeps, alive = zip(*keyed)
@@ -330,8 +342,11 @@ class SerialEvaluator(Evaluator):
         else:
             where = "the final norm or output head" if not math.isfinite(self._nlls([state], b)[0]) else None
         dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
-        hint = (f"it overflows in {dtype}: try --dtype float32" if dtype != "float32"
-                else "its weights hold NaN or inf, or overflow even in float32: check the checkpoint")
+        hint = (
+            f"it overflows in {dtype}: try --dtype float32"
+            if dtype != "float32"
+            else "its weights hold NaN or inf, or overflow even in float32: check the checkpoint"
+        )
         if where is None:
             return f"dropping blocks {list(mask)} gives a non-finite loss ({value}) where the dense model's is finite; {hint}"
         return f"{where} of the dense model gives non-finite values (calibration batch {b}); {hint}"
@@ -355,7 +370,7 @@ class SerialEvaluator(Evaluator):
     def evaluate(self, masks: Sequence[Mask], survivors: int | None = None) -> list[Fitness]:
         masks = checked(masks, self.num_blocks)
         unique = list(dict.fromkeys(masks))
-        done = sorted((self.memo[m].loss_sum for m in unique if m in self.memo and self.memo[m].complete))
+        done = sorted(self.memo[m].loss_sum for m in unique if m in self.memo and self.memo[m].complete)
 
         def bound() -> float:
             return done[survivors - 1] if survivors and len(done) >= survivors else math.inf
@@ -406,15 +421,22 @@ class PoolEvaluator(Evaluator):
         self.num_blocks = self.workers[0].num_blocks
 
     @classmethod
-    def replicate(cls, model: torch.nn.Module, input_ids: torch.Tensor, devices: Sequence[str], **settings) -> PoolEvaluator:
+    def replicate(
+        cls, model: torch.nn.Module, input_ids: torch.Tensor, devices: Sequence[str], **settings
+    ) -> PoolEvaluator:
         """A worker per device, each with its own copy of ``model`` and of the calibration ids.
 
         deepcopy is handed each parameter and buffer already moved to the target, so nothing is
         duplicated on the model's own device first, tied weights stay tied, and workers that
         share a device share the weights' memory (only the module objects are copied)."""
-        if len(set(getattr(model, "hf_device_map", {}).values())) > 1 or len({p.device for p in model.parameters()}) > 1:
-            raise EvopError("the model is spread over several devices; a device pool needs it whole on one "
-                            "device: drop --search-devices, or load it without --device-map")
+        if (
+            len(set(getattr(model, "hf_device_map", {}).values())) > 1
+            or len({p.device for p in model.parameters()}) > 1
+        ):
+            raise EvopError(
+                "the model is spread over several devices; a device pool needs it whole on one "
+                "device: drop --search-devices, or load it without --device-map"
+            )
         workers = []
         home = next(model.parameters()).device
         for device in map(check_device, devices):
@@ -423,8 +445,10 @@ class PoolEvaluator(Evaluator):
             if device == home and all(worker.model is not model for worker in workers):
                 copy = model
             else:
-                tensors = {id(p): torch.nn.Parameter(p.detach().to(device), requires_grad=p.requires_grad)
-                           for p in model.parameters()}
+                tensors = {
+                    id(p): torch.nn.Parameter(p.detach().to(device), requires_grad=p.requires_grad)
+                    for p in model.parameters()
+                }
                 tensors.update({id(b): b.to(device) for b in model.buffers()})
                 copy = deepcopy(model, tensors)
             workers.append(SerialEvaluator(copy, input_ids.to(device), **settings))
@@ -434,7 +458,9 @@ class PoolEvaluator(Evaluator):
         masks = checked(masks, self.num_blocks)
         unique = list(dict.fromkeys(masks))
         known = [m for m in unique if m in self.memo and self.memo[m].complete]
-        pending = sorted((m for m in unique if m not in known), key=lambda m: keep_bits(m, self.num_blocks), reverse=True)
+        pending = sorted(
+            (m for m in unique if m not in known), key=lambda m: keep_bits(m, self.num_blocks), reverse=True
+        )
         self.stats.memo_hits += len(known)
         self.stats.evaluations += sum(m not in self.memo for m in pending)
         for mask in pending:
@@ -508,8 +534,18 @@ class StagedEvaluator(Evaluator):
             if tokens >= ids.shape[1]:  # short samples (a CPU run): such a stage would save nothing, so it is left out
                 continue
             batch = max(1, min(ids.shape[0], base.group_tokens // tokens))
-            evaluators.append((keep, SerialEvaluator(base.model, ids[:, :tokens], batch_size=batch,
-                                                     cache_bytes=base.cache_bytes, fitness=base.fitness)))
+            evaluators.append(
+                (
+                    keep,
+                    SerialEvaluator(
+                        base.model,
+                        ids[:, :tokens],
+                        batch_size=batch,
+                        cache_bytes=base.cache_bytes,
+                        fitness=base.fitness,
+                    ),
+                )
+            )
         return cls(final, evaluators)
 
     @property

@@ -14,14 +14,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import EvopError
-from .files import atomic_path
-from .report.provenance import versions
+from ..errors import EvopError
+from ..files import atomic_path
+from .provenance import versions
 
 RECORD_NAME = "evop_pruning.json"
 # What a pruned model's record keeps of its source's record when that source was itself pruned by evop-hub.
-LINEAGE_KEYS = ("source_model", "source_hub_id", "source_revision", "source_format", "num_blocks", "dropped_blocks",
-                "method", "sparsity", "sparsity_unit", "derived_from")
+LINEAGE_KEYS = (
+    "source_model",
+    "source_hub_id",
+    "source_revision",
+    "source_format",
+    "num_blocks",
+    "dropped_blocks",
+    "method",
+    "sparsity",
+    "sparsity_unit",
+    "derived_from",
+)
 STATE_DIR = ".evop"  # run state inside an output directory; never published
 SCHEMA_VERSION = 1
 
@@ -58,9 +68,7 @@ class PruningRecord:
     scores: dict[str, Any] = field(default_factory=dict)
     command: str | None = None
     versions: dict[str, str] = field(default_factory=versions)
-    created: str = field(
-        default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    )
+    created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     schema_version: int = SCHEMA_VERSION
 
     def source_spec(self, output_dir: str | Path) -> str:
@@ -87,8 +95,10 @@ class PruningRecord:
     def hub_base(self) -> tuple[str | None, str | None]:
         """(Hub id, revision) of the nearest model of the chain on the Hub: the card's base_model, and where a
         license link points, when this model was pruned from a local evop-hub output."""
-        return next(((link["source_hub_id"], link["source_revision"]) for link in self.chain() if link.get("source_hub_id")),
-                    (None, None))
+        return next(
+            ((link["source_hub_id"], link["source_revision"]) for link in self.chain() if link.get("source_hub_id")),
+            (None, None),
+        )
 
     @property
     def kept_blocks(self) -> list[int]:
@@ -137,3 +147,14 @@ class PruningRecord:
         if problem is not None:
             raise EvopError(f"{path} is not a valid evop-hub record ({problem}); re-run the pruning.")
         return record
+
+
+def check_output_dir(output_dir: str | Path) -> PruningRecord:
+    """The record of an evop-hub output, or one line saying why this is not one."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        raise EvopError(f"{output_dir} is not a directory; point at the output of `evop-hub prune` or `evop-hub drop`.")
+    record = PruningRecord.load(output_dir)
+    if not (output_dir / "config.json").is_file():
+        raise EvopError(f"{output_dir} has no config.json: the checkpoint is incomplete; re-run the pruning.")
+    return record

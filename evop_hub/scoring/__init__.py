@@ -1,0 +1,34 @@
+"""Scoring: the block runner and the evaluators that turn pruning masks into exact fitnesses.
+
+Everything that needs a masked forward goes through here: the search methods, the staged and
+pooled evaluators, held-out perplexity and the baselines' calibration passes.
+"""
+
+from .evaluator import (
+    FITNESSES,
+    Evaluator,
+    EvaluatorStats,
+    Fitness,
+    Mask,
+    PoolEvaluator,
+    SerialEvaluator,
+    StagedEvaluator,
+    as_mask,
+    parse_stages,
+)
+from .runner import BlockContext, BlockRunner
+
+__all__ = [
+    "FITNESSES",
+    "BlockContext",
+    "BlockRunner",
+    "Evaluator",
+    "EvaluatorStats",
+    "Fitness",
+    "Mask",
+    "PoolEvaluator",
+    "SerialEvaluator",
+    "StagedEvaluator",
+    "as_mask",
+    "parse_stages",
+]
