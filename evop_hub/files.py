@@ -44,6 +44,17 @@ def check_writable(path: str | Path) -> None:
         raise EvopError(f"cannot write to {folder}; choose another path for {path.name}")
 
 
+def refuse_existing(path: str | Path, overwrite: bool) -> Path:
+    """Check before the long work that an output will not replace a user's file by accident, and can be written."""
+    path = Path(path).expanduser()
+    if path.exists() and not overwrite:
+        raise EvopError(f"{path} already exists; pass --overwrite to replace it or choose another name")
+    if path.is_dir():
+        raise EvopError(f"{path} is a directory; give a file name")
+    check_writable(path)
+    return path
+
+
 def temp_dir(parent: str | Path, prefix: str) -> Path:
     """A new directory in ``parent``, to be renamed into place when complete. mkdtemp makes it private
     (0700); it gets the mode a plain mkdir would under the user's umask, as the directory it becomes."""
@@ -54,17 +65,41 @@ def temp_dir(parent: str | Path, prefix: str) -> Path:
     return path
 
 
+# ---------------------------------------------------------------- where an output is staged
+def in_place(output: str | Path) -> bool:
+    """Whether the existing directory ``output`` must have its contents replaced, not be renamed: the working
+    directory (renamed away, it would leave the calling shell in a deleted directory) or a mount point (a
+    container volume: renaming it fails with EBUSY, and its parent is often not writable)."""
+    output = Path(output)
+    return output.is_dir() and (os.path.ismount(output) or _is_cwd(output))
+
+
+def staging(output: str | Path) -> Path:
+    """Where a save of ``output`` keeps its lock, temporary and previous copies: beside it, or inside it when it
+    is replaced in place (the same file system, so every entry still moves by one atomic rename)."""
+    output = Path(output)
+    return output if in_place(output) else output.parent
+
+
+def _is_cwd(path: Path) -> bool:
+    try:
+        return os.path.samestat(os.stat("."), os.stat(path))
+    except OSError:
+        return False
+
+
 # ---------------------------------------------------------------- one run per output directory
-# A lock file beside each output directory (beside, not inside: the final save renames the directory).
+# A lock file beside each output directory (beside, not inside: the final save renames the directory), or inside
+# one replaced in place (see ``staging``).
 # flock ties the lock to the open file, so a killed run's lock is released by the kernel and never goes stale;
 # the file holds the holder's process id only to name it to the run that is refused.
 _held: dict[Path, tuple[int, int]] = {}  # lock file -> (descriptor, process id), for the outputs being written
 
 
 def lock_file(output: str | Path) -> Path:
-    """The lock file of output directory ``output``: ``PARENT/.NAME.lock``."""
+    """The lock file of output directory ``output``: ``PARENT/.NAME.lock`` (``NAME/.NAME.lock`` in place)."""
     output = Path(output)
-    return output.with_name(f".{output.name}.lock")
+    return staging(output) / f".{output.name}.lock"
 
 
 def hold_output(output: str | Path) -> bool:

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .baselines import BASELINES, calibration_loss
 from .calibration import CalibrationConfig, CalibrationSet, calibrate
 from .compensation import (
     DEFAULT_RIDGE,
@@ -27,11 +25,12 @@ from .compensation import (
 from .data.corpora import check_corpus_spec, load_mixture
 from .errors import EvopError
 from .files import atomic_path, release_output
-from .models import LoadConfig, LoadedModel, drop, find_blocks, input_device, load, prepare_output, save, text_config
+from .methods import METHODS, Method, MethodJob
+from .models import LoadConfig, LoadedModel, check_context, drop, find_blocks, load, prepare_output, save
 from .models.saving import check_not_source, run_state
 from .record import PruningRecord
-from .scoring import FITNESSES, parse_stages
-from .search import METHODS, PAPER_SEARCH, SearchConfig, SearchResult, evaluator_for, num_drop, run_search
+from .registry import Registry
+from .search import PAPER_SEARCH, SearchConfig, SearchResult
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +39,6 @@ log = logging.getLogger(__name__)
 DEFAULT_MIXTURE = ("wikitext2:train", "wiki-leads:train", "pydoc:train", "shakespeare:train")
 CALIBRATION_FILE = "calibration.safetensors"
 CALIBRATION_REQUEST = "calibration_request.json"  # the options it was drawn with: a resumed run must ask the same
-DEFAULT_BLOCK_SPARSITY = 0.2  # the paper's 20 % setting
 
 
 @dataclass
@@ -57,9 +55,12 @@ class PruneConfig:
     calibration_file: str | None = None  # a file from `evop-hub calibrate`, instead of drawing one
     batch_size: int = 1  # calibration samples per forward; 1 lets early termination stop soonest
     cache_gib: float = 1.0  # memory for cached prefix hidden states
-    # Evaluate masks on these devices side by side, one copy of the model on each (e.g. ["cuda:0", "cuda:1"]);
-    # None: on the model's own device(s), serially.
+    # Evaluate masks on these devices side by side, one Ray actor with a copy of the model on each (e.g.
+    # ["cuda:0", "cuda:1"]); None: on the model's own device(s), serially.
     search_devices: list[str] | None = None
+    # Where those actors run: "local" (a Ray instance started on this machine; None means it too), "auto" (the
+    # running cluster) or "HOST:PORT".
+    ray_address: str | None = None
     load: LoadConfig = field(default_factory=LoadConfig)
     output: str | None = None  # None: nothing saved
     overwrite: bool = False
@@ -75,7 +76,10 @@ class PruneConfig:
 
 # Named settings for common cases. `default`: the defaults of PruneConfig; `paper`: EvoP as the paper describes it (CCDS of 5 x 2048 WikiText-2 tokens,
 # the NLL-driven GA with SLEB seeding); `quick` runs on the offline model in minutes on 2 CPU cores.
-PRESETS: dict[str, dict[str, Any]] = {
+PRESETS: Registry[dict[str, Any]] = Registry(
+    "presets", "--preset", describe=lambda p: "; ".join(f"{k}: {v}" for k, v in p.items()) or "PruneConfig's defaults"
+)
+_PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
     "paper": {"corpus": "wikitext2:train", "calibration": {"clusters": 5}, "search": PAPER_SEARCH},
     "quick": {  # a small corpus split keeps CCDS's embedding short (about 1,000 chunks)
@@ -86,10 +90,12 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+for _name, _settings in _PRESETS.items():
+    PRESETS.register(_name, _settings)
+
+
 def apply_preset(config: PruneConfig, name: str) -> PruneConfig:
-    if name not in PRESETS:
-        raise EvopError(f"unknown --preset {name!r}; choose from {', '.join(PRESETS)}")
-    preset = PRESETS[name]
+    preset = PRESETS.get(name)
     return replace(
         config,
         corpus=preset.get("corpus", config.corpus),
@@ -159,22 +165,19 @@ def _saved_request(path: Path) -> Any:
 
 
 def _check_context(loaded: LoadedModel, seq_len: int) -> None:
-    """Samples longer than the model's positions fail deep in its embeddings (GPT-2) or are scored past its
-    training length (RoPE models): refused, as the context is known before any work."""
-    context = getattr(text_config(loaded.model), "max_position_embeddings", None)
-    if context is not None and seq_len > context:
-        raise EvopError(
-            f"calibration samples of {seq_len} tokens exceed the model's context of {context}; "
-            f"use --seq-len {context} or less"
-        )
+    check_context(
+        loaded.model,
+        seq_len,
+        f"calibration samples of {seq_len} tokens exceed the model's context of {{context}}; "
+        "use --seq-len {context} or less",
+    )
 
 
 def prune(model: str | LoadedModel, config: PruneConfig | None = None) -> PruneResult:
     """Choose and remove blocks (or, for the width baselines, weights); save to ``config.output`` when set."""
     config = config or PruneConfig()
-    _check(config)
-    width = config.search.method in BASELINES
-    resume = config.resume and not width
+    method = _check(config)
+    resume = config.resume and method.removes_blocks
     output = prepare_output(config.output, overwrite=config.overwrite, resume=resume) if config.output else None
     try:  # the output's lock is released however the run ends, also in a long-lived Python process
         loaded = model if isinstance(model, LoadedModel) else load(model, config.load)
@@ -182,115 +185,94 @@ def prune(model: str | LoadedModel, config: PruneConfig | None = None) -> PruneR
             raise EvopError("this model already had blocks removed; prune the original model instead")
         if output:
             check_not_source(output, loaded)
-        if width:
-            return _prune_width(loaded, config, output)
+        if not method.removes_blocks:  # a width baseline keeps no run state: nothing resumes it
+            return _run(method, loaded, config, output, None)
         with run_state(output) as run_dir:
-            return _search_and_drop(loaded, config, output, run_dir)
+            return _run(method, loaded, config, output, run_dir)
     finally:
         if output:
             release_output(output)
 
 
-def _check(config: PruneConfig) -> None:
-    """Every setting is checked before anything slow starts."""
+def _job(config: PruneConfig, loaded: LoadedModel | None, input_ids: Any, run_dir: Path | None) -> MethodJob:
+    return MethodJob(
+        loaded,
+        input_ids,
+        sparsity=config.sparsity,
+        num_drop=config.num_drop,
+        search=config.search,
+        pattern=config.pattern,
+        batch_size=config.batch_size,
+        cache_gib=config.cache_gib,
+        search_devices=config.search_devices,
+        ray_address=config.ray_address,
+        state_dir=run_dir,
+        resume=config.resume,
+        progress=config.progress,
+    )
+
+
+def _check(config: PruneConfig) -> Method:
+    """Every setting is checked before anything slow starts; returns the method to run."""
+    method = METHODS.get(config.search.method)
     if config.batch_size < 1:
         raise EvopError(f"--batch-size must be at least 1, not {config.batch_size}")
+    if config.ray_address and not config.search_devices:
+        raise EvopError("--ray-address needs --search-devices: the devices to put an actor on, e.g. cuda:0,cuda:1")
     if config.corpus and not config.calibration_file:
         check_corpus_spec(config.corpus)  # a typo fails now, not after the model has loaded
     if config.calibration_file:
         CalibrationSet.load(config.calibration_file)  # a missing or foreign file fails now; its tokenizer once loaded
     check_method(config.compensate)
     check_ridge(config.compensate_ridge)
-    method = config.search.method
-    if method in BASELINES:
-        if config.compensate != "none":
-            raise EvopError(f"--compensate replaces removed blocks; {method} removes none")
-        if config.resume:
-            raise EvopError(f"--resume continues a block search; {method} runs in one go, re-run without --resume")
-        if config.num_drop is not None:
-            raise EvopError(f"--num-drop counts blocks; {method} removes weights, set how many with --sparsity")
-        BASELINES[method].settings(config.sparsity, config.pattern, config.batch_size, config.progress)
-        return
-    if method not in METHODS:
-        raise EvopError(f"unknown --method {method!r}; choose from {', '.join([*METHODS, *BASELINES])}")
-    if config.pattern:
-        raise EvopError(f"--pattern is Wanda's N:M weight sparsity; {method} removes whole blocks")
-    if config.search.population < 2 or config.search.generations < 1:
-        raise EvopError("--population must be at least 2 and --generations at least 1")
-    if config.search.fitness not in FITNESSES:  # else refused only once the model has loaded
-        raise EvopError(f"unknown --fitness {config.search.fitness!r}; choose from {', '.join(FITNESSES)}")
-    parse_stages(config.search.stages)
-    if config.sparsity is not None and config.num_drop is None and not 0 < config.sparsity < 1:
-        raise EvopError(f"--sparsity must be strictly between 0 and 1 (got {config.sparsity})")
+    if config.compensate != "none" and not method.removes_blocks:
+        raise EvopError(f"--compensate replaces removed blocks; {method.name} removes none")
+    method.check(_job(config, None, None, None))
+    return method
 
 
-def _prune_width(loaded: LoadedModel, config: PruneConfig, output: Path | None) -> PruneResult:
-    """A width baseline: calibrate, prune the weights in place, record; ``sparsity`` None is the method's
-    default (Wanda 0.5 or as ``pattern`` implies, SliceGPT 0.25). Nothing resumes it: it keeps no run state."""
-    method = config.search.method
-    baseline = BASELINES[method]
-    settings = baseline.settings(config.sparsity, config.pattern, config.batch_size, config.progress)
-    calibration = _calibration(loaded, config, None)
-    ids = calibration.input_ids
-    dense = calibration_loss(loaded.model, ids, config.batch_size)
-    start = time.perf_counter()
-    details = baseline.run(loaded, ids, settings)
-    search = {"method": method, "seconds": time.perf_counter() - start, **details}
-    losses = {"dense": dense, "pruned": calibration_loss(loaded.model, ids, config.batch_size)}
-    _record(loaded.record, config, calibration, search, losses)
-    if output:
-        save(loaded, output, overwrite=True)  # vetted by prepare_output
-    return PruneResult(loaded, [], loaded.record, None, output)
-
-
-def _record(
-    record: PruningRecord,
-    config: PruneConfig,
-    calibration: CalibrationSet,
-    search: dict[str, Any],
-    losses: dict[str, float],
-) -> None:
-    """What every method's run leaves in the record besides what the method itself set."""
-    record.method = config.search.method
-    record.calibration = calibration.summary()
-    record.search = search
-    record.scores["calibration_loss"] = losses
-    if config.command:
-        record.command = config.command
-
-
-def _search_and_drop(
-    loaded: LoadedModel, config: PruneConfig, output: Path | None, run_dir: Path | None
+def _run(
+    method: Method, loaded: LoadedModel, config: PruneConfig, output: Path | None, run_dir: Path | None
 ) -> PruneResult:
-    blocks = loaded.record.num_blocks
-    k = num_drop(blocks, DEFAULT_BLOCK_SPARSITY if config.sparsity is None else config.sparsity, config.num_drop)
-    per_block = sum(p.numel() for p in find_blocks(loaded.model).parameters()) / blocks
-    log.info(
-        "dropping k=%d of %d blocks (about %.1f%% of parameters)",
-        k,
-        blocks,
-        100 * k * per_block / loaded.record.parameters_before,
-    )
+    """Calibrate, run the method, remove what it chose (compensating if asked), record, save."""
+    if method.removes_blocks:
+        _log_drop(loaded, method, config)
     calibration = _calibration(loaded, config, run_dir)
     if config.compensate != "none":  # an architecture that cannot be compensated is refused before the search
         check_compensable(loaded.model, calibration.input_ids)
-    settings = {"batch_size": config.batch_size, "cache_bytes": int(config.cache_gib * (1 << 30))}
-    ids = calibration.input_ids if config.search_devices else calibration.input_ids.to(input_device(loaded.model))
-    evaluator = evaluator_for(loaded.model, ids, config.search, config.search_devices, **settings)
-    result = run_search(evaluator, k, config.search, state_dir=run_dir, resume=config.resume, progress=config.progress)
-    if config.compensate == "none":
-        drop(loaded, result.mask)
-    else:
-        compensated_drop(
-            loaded,
-            result.mask,
-            calibration.input_ids,
-            ridge=config.compensate_ridge,
-            batch_size=config.batch_size,
-            calibration=calibration_info(calibration),
-        )
-    loaded.record.sparsity, loaded.record.sparsity_unit = k / blocks, "blocks"
-    _record(loaded.record, config, calibration, result.summary(), {"dense": result.dense_loss, "pruned": result.loss})
+    result = method.run(_job(config, loaded, calibration.input_ids, run_dir))
+    if method.removes_blocks:
+        _remove(loaded, result.mask, config, calibration)
+        loaded.record.sparsity, loaded.record.sparsity_unit = result.sparsity, method.unit
+    record = loaded.record
+    record.method = method.name
+    record.calibration = calibration.summary()
+    record.search = result.summary
+    record.scores["calibration_loss"] = result.losses
+    if config.command:
+        record.command = config.command
     if output:
         save(loaded, output, overwrite=True)  # vetted by prepare_output
-    return PruneResult(loaded, list(result.mask), loaded.record, result, output)
+    return PruneResult(loaded, list(result.mask), record, result.search, output)
+
+
+def _log_drop(loaded: LoadedModel, method: Method, config: PruneConfig) -> None:
+    blocks = loaded.record.num_blocks
+    k = method.blocks_to_drop(blocks, _job(config, None, None, None))
+    per_block = sum(p.numel() for p in find_blocks(loaded.model).parameters()) / blocks
+    share = 100 * k * per_block / loaded.record.parameters_before
+    log.info("dropping k=%d of %d blocks (about %.1f%% of parameters)", k, blocks, share)
+
+
+def _remove(loaded: LoadedModel, mask: tuple[int, ...], config: PruneConfig, calibration: CalibrationSet) -> None:
+    if config.compensate == "none":
+        drop(loaded, mask)
+        return
+    compensated_drop(
+        loaded,
+        mask,
+        calibration.input_ids,
+        ridge=config.compensate_ridge,
+        batch_size=config.batch_size,
+        calibration=calibration_info(calibration),
+    )

@@ -7,6 +7,7 @@ The commands run as real processes on tiny random models (a few seconds each, of
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -500,3 +501,64 @@ def test_a_full_disk_is_one_line(scene, monkeypatch, capsys):
         capsys.readouterr().err == f"error: no space left on the device holding {scene.run / 'README.md'}; "
         "free some space, then run again\n"
     )
+
+
+def _as_mount_point(monkeypatch, output: Path) -> None:
+    """Stand-in for a container volume (tests cannot mount): `ismount` says so, and renaming it fails as the
+    kernel makes it fail (EBUSY)."""
+    real_ismount, real_replace = os.path.ismount, os.replace
+    monkeypatch.setattr(os.path, "ismount", lambda p: Path(p).resolve() == output.resolve() or real_ismount(p))
+
+    def replace(src, dst, *args, **kwargs):
+        if output.resolve() in (Path(src).resolve(), Path(dst).resolve()):
+            raise OSError(errno.EBUSY, "Device or resource busy", str(src))
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", replace)
+
+
+def test_an_output_that_is_a_mount_point_is_written_in_place(scene, monkeypatch):
+    """21.6: a mount point cannot be renamed: the save happens inside it, entry by entry, each by one rename,
+    with its lock and temporary copies inside too (the volume's parent may not be writable); nothing beside it."""
+    _as_mount_point(monkeypatch, scene.run)
+    (scene.run / "mine.txt").write_text("mine")
+    inode = scene.run.stat().st_ino
+    loaded = evop_hub.load(str(scene.dense))
+    evop_hub.drop(loaded, [0, 2])
+    evop_hub.save(loaded, prepare_output(scene.run, overwrite=True), overwrite=True)
+    assert scene.run.stat().st_ino == inode
+    assert json.loads((scene.run / RECORD_NAME).read_text())["dropped_blocks"] == [0, 2]
+    assert (scene.run / "mine.txt").read_text() == "mine"
+    assert not [p.name for p in scene.run.iterdir() if p.name.startswith(".run.")]  # no lock, temporary, old copy
+    assert sorted(p.name for p in scene.tmp.iterdir()) == ["run"]
+    assert evop_hub.load(str(scene.run)).model.config.num_hidden_layers == LAYERS - 2  # it reloads
+
+
+@pytest.mark.parametrize("finished", [False, True])
+def test_an_in_place_save_killed_half_way_is_undone_or_finished_on_the_next_run(scene, monkeypatch, finished):
+    """21.7 for an in-place save (a mount point): killed while moving the new entries in, the next run puts the
+    previous save back whole (no mix of two checkpoints); killed after, it keeps the new one."""
+    _as_mount_point(monkeypatch, scene.run)
+    previous = {p.name: p.read_bytes() for p in scene.run.iterdir() if p.is_file()}
+    old, new = scene.run / ".run.old-abc", scene.run / ".run.tmp-def"
+    old.mkdir(), new.mkdir()
+    incoming = ["config.json", "model.safetensors", "extra.json"]
+    (old / "config.json").write_bytes(previous["config.json"])
+    (old / "model.safetensors").write_bytes(previous["model.safetensors"])
+    (scene.run / "config.json").write_text('{"new": true}')  # moved in before the kill
+    if finished:
+        (scene.run / "model.safetensors").write_bytes(b"new weights")
+        (scene.run / "extra.json").write_text("{}")
+    else:
+        (scene.run / "model.safetensors").unlink()
+        (new / "model.safetensors").write_bytes(b"new weights")
+        (new / "extra.json").write_text("{}")
+    (scene.run / ".run.old-abc.json").write_text(json.dumps({"new": new.name, "incoming": incoming}))
+    release_output(prepare_output(scene.run, resume=True))
+    assert not [p.name for p in scene.run.iterdir() if p.name.startswith(".run.")]
+    if finished:
+        assert (scene.run / "model.safetensors").read_bytes() == b"new weights" and (scene.run / "extra.json").exists()
+    else:
+        assert {name: (scene.run / name).read_bytes() for name in previous} == previous
+        assert not (scene.run / "extra.json").exists()
+    assert (scene.run / STATE_DIR / "search_state.json").read_text() == '{"generation": 7}\n'

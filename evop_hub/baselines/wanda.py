@@ -47,6 +47,11 @@ class WandaConfig:
             )
 
 
+def settings(sparsity: float | None, pattern: str | None, batch_size: int, progress: bool) -> WandaConfig:
+    """What ``evop-hub prune --method wanda`` asks for, checked before any model loads."""
+    return WandaConfig(sparsity, pattern, batch_size, progress)
+
+
 def parse_pattern(pattern: str) -> tuple[int, int]:
     try:
         n, m = (int(part) for part in pattern.split(":"))

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from ..errors import EvopError
-from ..files import atomic_path, check_writable
+from ..files import atomic_path, refuse_existing
 
 FORMAT = "evop-hub-calibration"
 VERSION = 2  # 2: samples are BOS-led where the tokenizer uses BOS
@@ -28,17 +28,6 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     """A hash of the vocabulary: equal for copies of one tokenizer wherever they were loaded from."""
     vocab = sorted(tokenizer.get_vocab().items())
     return hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode("utf-8")).hexdigest()[:16]
-
-
-def refuse_existing(path: str | Path, overwrite: bool) -> Path:
-    """Check before the long work that an output will not replace a user's file by accident, and can be written."""
-    path = Path(path).expanduser()
-    if path.exists() and not overwrite:
-        raise EvopError(f"{path} already exists; pass --overwrite to replace it or choose another name")
-    if path.is_dir():
-        raise EvopError(f"{path} is a directory; give a file name")
-    check_writable(path)
-    return path
 
 
 def _metadata(path: Path, raw: str) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from ..data import Corpus, load_corpus
 from ..errors import EvopError
 from ..files import cache_dir
 from ..models.loading import leading_bos
+from ..registry import Registry
 from .calibration_set import FORMAT, VERSION, CalibrationSet, tokenizer_fingerprint
 from .ccds import DEFAULT_EMBEDDER, cluster, describe_clusters, embed_chunks, project_2d, split_chunks, topic_nmi
 
@@ -70,13 +71,14 @@ class Drawn:
 
 
 Sampler = Callable[[Corpus, Any, CalibrationConfig], Drawn]  # (corpus, tokenizer, config)
-SAMPLERS: dict[str, Sampler] = {}
+SAMPLERS: Registry[Sampler] = Registry(
+    "samplers", "--sampler", describe=lambda s: " ".join((s.__doc__ or "").split()).split(". ")[0]
+)
 
 
 def register_sampler(name: str) -> Callable[[Sampler], Sampler]:
     def wrap(sampler: Sampler) -> Sampler:
-        SAMPLERS[name] = sampler
-        return sampler
+        return SAMPLERS.register(name, sampler)
 
     return wrap
 
@@ -145,7 +147,7 @@ def ccds(corpus: Corpus, tokenizer: Any, config: CalibrationConfig) -> Drawn:
     chunks of one cluster. Chunks are drawn without replacement within a cluster, so no text repeats
     inside the calibration set (a repeat would let the model copy and flatter a pruning pattern)."""
 
-    k, n, seq_len = config.clusters, config.samples_per_cluster, config.seq_len
+    k = config.clusters
     chunks = split_chunks(corpus.documents, config.sentences_per_chunk)
     if k > len(chunks):
         raise EvopError(
@@ -163,11 +165,36 @@ def ccds(corpus: Corpus, tokenizer: Any, config: CalibrationConfig) -> Drawn:
         batch_size=config.batch_size,
     )
     labels, centroids = cluster(embeddings, k, config.seed)
+    rows, samples = _fill_from_clusters(chunk_ids, labels, _lead(tokenizer), config)
 
+    topics = [c.label for c in chunks]
+    details: dict[str, Any] = {
+        **({} if config.cluster is None else {"only_cluster": config.cluster}),
+        "embedder": config.embedder,
+        "sentences_per_chunk": config.sentences_per_chunk,
+        "chunks": len(chunks),
+        "projection": "PCA",
+        "cluster_sizes": np.bincount(labels, minlength=k).tolist(),
+        "clusters": describe_clusters(texts, embeddings, labels, centroids, topics=topics),
+    }
+    if any(t is not None for t in topics):
+        details["nmi"] = topic_nmi(topics, labels, config.seed)
+    arrays = {
+        "chunk_cluster": torch.from_numpy(labels),
+        "chunk_xy": torch.from_numpy(project_2d(embeddings, config.seed)),
+    }
+    return Drawn(torch.tensor(rows, dtype=torch.int64), samples, details, arrays)
+
+
+def _fill_from_clusters(
+    chunk_ids: list[list[int]], labels: np.ndarray, lead: list[int], config: CalibrationConfig
+) -> tuple[list[list[int]], list[dict[str, Any]]]:
+    """(Rows of ``seq_len`` token ids, and the cluster and chunks of each): ``samples_per_cluster`` rows from
+    every cluster, or (Fig. 1c, ``config.cluster``) all of them from that one. Each row is ``lead`` then whole
+    chunks of its cluster in a seeded random order, none used twice, cut to ``seq_len``."""
+    k, n, seq_len = config.clusters, config.samples_per_cluster, config.seq_len
     rng = np.random.default_rng(config.seed)
-    lead = _lead(tokenizer)
     rows, samples = [], []
-    # n samples from every cluster, or (Fig. 1c) all k x n samples from one
     quotas = [(j, n) for j in range(k)] if config.cluster is None else [(config.cluster, k * n)]
     for j, quota in quotas:
         members = np.flatnonzero(labels == j)
@@ -187,21 +214,4 @@ def ccds(corpus: Corpus, tokenizer: Any, config: CalibrationConfig) -> Drawn:
                 held.append(index)
             rows.append(ids[:seq_len])
             samples.append({"cluster": j, "chunks": held})
-
-    topics = [c.label for c in chunks]
-    details: dict[str, Any] = {
-        **({} if config.cluster is None else {"only_cluster": config.cluster}),
-        "embedder": config.embedder,
-        "sentences_per_chunk": config.sentences_per_chunk,
-        "chunks": len(chunks),
-        "projection": "PCA",
-        "cluster_sizes": np.bincount(labels, minlength=k).tolist(),
-        "clusters": describe_clusters(texts, embeddings, labels, centroids, topics=topics),
-    }
-    if any(t is not None for t in topics):
-        details["nmi"] = topic_nmi(topics, labels, config.seed)
-    arrays = {
-        "chunk_cluster": torch.from_numpy(labels),
-        "chunk_xy": torch.from_numpy(project_2d(embeddings, config.seed)),
-    }
-    return Drawn(torch.tensor(rows, dtype=torch.int64), samples, details, arrays)
+    return rows, samples

@@ -14,6 +14,7 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..record import PruningRecord
+from ..record.markdown import markdown_table
 from ..record.results import SpeedResult, TasksResult
 
 PROJECT_URL = "https://github.com/evop-hub/evop-hub"
@@ -114,10 +115,8 @@ Software: {{ versions }}. Created {{ created }}.
 
 # ---------------------------------------------------------------- pure helpers
 def table(header: list[str], rows: list[list[Any]]) -> str:
-    """A GitHub-flavoured Markdown table."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
+    """A GitHub-flavoured Markdown table, values written as the card writes numbers (``_cell``)."""
+    return "\n".join(markdown_table(header, rows, cell=_cell))
 
 
 def _cell(value: Any) -> str:
@@ -449,66 +448,103 @@ def render(
 ) -> ModelCard:
     """The card for a record. ``repo_id`` (and a ``revision`` other than main: the branch pushed to) go in the
     loading snippet; ``license_files`` None means unknown."""
-    kept = record.kept_blocks
     name = repo_id.split("/")[-1] if repo_id else default_repo_name(record)
-    base = record.source_hub_id or record.source_model
-    summary = (
-        f"`{base}` with {len(record.dropped_blocks)} of its {record.num_blocks} transformer blocks removed "
-        f"by evop-hub ({record.method}; EvoP, Wu et al. 2025): "
-        f"{len(kept)} blocks remain"
-        + (
-            f", with {record.parameter_reduction:.1%} fewer parameters."
-            if record.parameter_reduction is not None
-            else "."
-        )
+    format_note = _format_note(record)
+    return ModelCard.from_template(
+        card_data(record, name, license_files),
+        template_str=TEMPLATE,
+        title=name,
+        summary=_summary(record),
+        format_note=format_note,
+        source_note=_source_note(record),
+        **_loading(repo_id, revision, format_note),
+        **_what_was_pruned(record),
+        **_results(record),
+        **_how_it_was_found(record),
+        license_note=_license_note(record, license_files),
     )
-    width = record.sparsity_unit != "blocks"  # a width baseline (wanda, slicegpt): no block was removed
-    search = record.search or {}
-    if width:
+
+
+def _summary(record: PruningRecord) -> str:
+    """The opening paragraph: what was removed from which model, the source's own lineage, and the decode
+    speedup when it was measured."""
+    base = record.source_hub_id or record.source_model
+    if record.sparsity_unit != "blocks":  # a width baseline (wanda, slicegpt): no block was removed
+        search = record.search or {}
         summary = f"`{base}` pruned by evop-hub's `{record.method}` baseline: {search.get('summary', record.method)}."
-        format_note = search.get("format", "")
     else:
-        format_note = (
-            f"It is a standard `{record.architecture}` checkpoint: no custom code, no evop-hub needed to use it."
+        summary = (
+            f"`{base}` with {len(record.dropped_blocks)} of its {record.num_blocks} transformer blocks removed "
+            f"by evop-hub ({record.method}; EvoP, Wu et al. 2025): "
+            f"{len(record.kept_blocks)} blocks remain"
+            + (
+                f", with {record.parameter_reduction:.1%} fewer parameters."
+                if record.parameter_reduction is not None
+                else "."
+            )
         )
     summary += _lineage_note(record)
     speed = (record.scores or {}).get("speed")
     if speed and speed.get("speedup", {}).get("decode"):
         summary += f" It decodes {speed['speedup']['decode']:.2f}× as fast as the source ({speed.get('hardware', speed.get('device'))})."
-    scores = record.scores or {}
+    return summary
+
+
+def _format_note(record: PruningRecord) -> str:
+    """How the checkpoint loads: a width baseline says it itself (SliceGPT's needs its own modeling code)."""
+    if record.sparsity_unit != "blocks":
+        return (record.search or {}).get("format", "")
+    return f"It is a standard `{record.architecture}` checkpoint: no custom code, no evop-hub needed to use it."
+
+
+def _loading(repo_id: str | None, revision: str | None, format_note: str) -> dict[str, Any]:
+    """The loading snippet's arguments: the repo (or a placeholder directory), its branch, remote code."""
     branch = f", revision={revision!r}" if revision and revision != "main" else ""
-    return ModelCard.from_template(
-        card_data(record, name, license_files),
-        template_str=TEMPLATE,
-        title=name,
-        summary=summary,
-        load_id=repo_id or "path/to/this/directory",
-        load_kwargs=branch + (", trust_remote_code=True" if "trust_remote_code" in format_note else ""),
-        tokenizer_kwargs=branch,
-        format_note=format_note,
-        width=width,
-        width_summary=search.get("summary", ""),
-        sparsity=f"{record.sparsity:.1%} of {record.sparsity_unit}" if record.sparsity is not None else "n/a",
-        source_note=_source_note(record),
-        dropped=", ".join(map(str, record.dropped_blocks)) or "none",
-        kept_count=len(kept),
-        num_blocks=record.num_blocks,
-        parameters=_parameters(record),
-        pattern_table=pattern_table(record.num_blocks, record.dropped_blocks),
-        mapping_table=mapping_table(kept),
-        compensation_lines=_compensation_lines(record),
-        calibration_loss=_calibration_loss(record),
-        scores_table=table(["corpus", "text form", "window", "dense ppl", "pruned ppl", "change"], rows)
-        if (rows := perplexity_rows(scores))
+    return {
+        "load_id": repo_id or "path/to/this/directory",
+        "load_kwargs": branch + (", trust_remote_code=True" if "trust_remote_code" in format_note else ""),
+        "tokenizer_kwargs": branch,
+    }
+
+
+def _what_was_pruned(record: PruningRecord) -> dict[str, Any]:
+    """The "What was pruned" section of a width baseline, or the "What was removed" one of a block method."""
+    return {
+        "width": record.sparsity_unit != "blocks",
+        "width_summary": (record.search or {}).get("summary", ""),
+        "sparsity": f"{record.sparsity:.1%} of {record.sparsity_unit}" if record.sparsity is not None else "n/a",
+        "dropped": ", ".join(map(str, record.dropped_blocks)) or "none",
+        "kept_count": len(record.kept_blocks),
+        "num_blocks": record.num_blocks,
+        "parameters": _parameters(record),
+        "pattern_table": pattern_table(record.num_blocks, record.dropped_blocks),
+        "mapping_table": mapping_table(record.kept_blocks),
+        "compensation_lines": _compensation_lines(record),
+    }
+
+
+def _results(record: PruningRecord) -> dict[str, Any]:
+    """The "Results" section: each part is empty when the record has no such numbers."""
+    scores = record.scores or {}
+    rows = perplexity_rows(scores)
+    return {
+        "calibration_loss": _calibration_loss(record),
+        "scores_table": table(["corpus", "text form", "window", "dense ppl", "pruned ppl", "change"], rows)
+        if rows
         else "",
-        tasks_table=_tasks_table(scores["tasks"]) if scores.get("tasks") else "",
-        speed_table=_speed_table(scores["speed"]) if scores.get("speed") else "",
-        method=record.method,
-        search_lines=_search_lines(record),
-        calibration_lines=_calibration_lines(record.calibration),
-        clusters_table=_clusters_table(record.calibration),
-        command=record.command or "(not recorded)",
-        versions=", ".join(f"{k} {v}" for k, v in (record.versions or {}).items()),
-        created=record.created,
-        license_note=_license_note(record, license_files),
-    )
+        "tasks_table": _tasks_table(scores["tasks"]) if scores.get("tasks") else "",
+        "speed_table": _speed_table(scores["speed"]) if scores.get("speed") else "",
+    }
+
+
+def _how_it_was_found(record: PruningRecord) -> dict[str, Any]:
+    """The "How it was found" and "Reproduce" sections: search, calibration data, command and software."""
+    return {
+        "method": record.method,
+        "search_lines": _search_lines(record),
+        "calibration_lines": _calibration_lines(record.calibration),
+        "clusters_table": _clusters_table(record.calibration),
+        "command": record.command or "(not recorded)",
+        "versions": ", ".join(f"{k} {v}" for k, v in (record.versions or {}).items()),
+        "created": record.created,
+    }

@@ -31,11 +31,14 @@ import torch
 
 from ..errors import EvopError
 from ..models import block_path, drop, input_device, validate_drop
+from ..registry import Registry
 from ..scoring import BlockContext, BlockRunner
 
 log = logging.getLogger(__name__)
 
-METHODS = ("none", "linear")
+METHODS: Registry[str] = Registry("compensations", "--compensate", describe=str)
+METHODS.register("none", "the kept weights stay as they are")
+METHODS.register("linear", "ReplaceMe: a least-squares map per run of removed blocks, folded into the MLP before it")
 # Ridge strength, relative to the mean eigenvalue of the MLP outputs' Gram matrix (tr(MᵀM) / hidden). It pulls the
 # map toward the identity, i.e. toward the uncompensated model, along directions the calibration text barely
 # excites; 0 is ReplaceMe's plain least squares. Not tuned yet (issue 24, item 4): a cautious default.
@@ -59,9 +62,7 @@ class RunMap:
 
 def check_method(method: str) -> str:
     """Refuse an unknown ``--compensate`` before anything slow starts."""
-    if method not in METHODS:
-        raise EvopError(f"unknown --compensate {method!r}; choose from {', '.join(METHODS)}")
-    return method
+    return METHODS.check(method)
 
 
 def check_ridge(ridge: float) -> float:

@@ -28,6 +28,7 @@ from typing import TypeVar
 
 from ..errors import EvopError
 from ..files import cache_dir
+from ..registry import Registry
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -73,14 +74,16 @@ class CorpusSpec:
     splits: tuple[str, ...]
 
 
-CORPORA: dict[str, CorpusSpec] = {}
+CORPORA: Registry[CorpusSpec] = Registry(
+    "corpora", "--corpus", describe=lambda s: f"({', '.join(s.splits)}) {s.description}; license: {s.license}"
+)
 
 
 def register(name: str, description: str, license: str, splits: tuple[str, ...] = SPLITS):
     """Add a named corpus; the loader receives a canonical split name and the data directory (or None)."""
 
     def wrap(loader: Callable[[str, Path | None], Corpus]):
-        CORPORA[name] = CorpusSpec(loader, description, license, splits)
+        CORPORA.register(name, CorpusSpec(loader, description, license, splits))
         return loader
 
     return wrap

@@ -21,17 +21,20 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from ..data import Corpus
 from ..errors import EvopError
-from ..models import input_device, leading_bos, text_config
-from ..models.loading import dtype_name
+from ..models import LoadConfig, context_length, input_device, leading_bos, load
+from ..models.devices import dtype_name
+from ..models.loading import check_is_source
 from ..progress import bar
-from ..record import PruningRecord
+from ..record import RECORD_NAME, PruningRecord
+from ..record.results import PerplexityResult, PerplexityResults
 from ..scoring import BlockRunner
 
 log = logging.getLogger(__name__)
@@ -46,22 +49,6 @@ class PerplexityConfig:
     max_windows: int | None = None  # score only the first N windows (quick looks; numbers then not comparable)
 
 
-@dataclass
-class PerplexityResult:
-    corpus: str
-    split: str
-    form: str
-    seq_len: int
-    windows: int
-    tokens: int  # predicted (scored) tokens
-    nll: float  # mean NLL per scored token, in nats
-    ppl: float
-    dtype: str | None = None  # the model's weights (records before it was recorded lack it)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
 def parse_seq_len(text: str) -> int | str:
     """``--seq-len`` as typed: a number of tokens or "max"."""
     if text == "max":
@@ -74,7 +61,7 @@ def parse_seq_len(text: str) -> int | str:
 
 def window_length(model: torch.nn.Module, seq_len: int | str) -> int:
     """The window length actually used: ``seq_len`` capped at the model's context, or the context for "max"."""
-    context = getattr(text_config(model), "max_position_embeddings", None)
+    context = context_length(model)
     if seq_len == "max":
         if context is None:
             raise EvopError("the model config has no max_position_embeddings; pass an explicit --seq-len")
@@ -120,40 +107,67 @@ def perplexity(
         )
     seq_len = window_length(model, config.seq_len)
     windows = make_windows(tokenizer, corpus, seq_len, config.max_windows)
-    device = input_device(model)
-    runner = BlockRunner(model)
-    total, tokens = 0.0, 0
     batches = windows.split(config.batch_size)
-    for batch in bar(batches, desc=f"ppl {corpus.name}:{corpus.split} ({seq_len} tokens/window)", unit="batch"):
-        batch = batch.to(device)
-        nll_sum, count = runner.nll(runner.run(runner.prepare(batch)), batch)
-        total += nll_sum.item()
-        tokens += count
+    desc = f"ppl {corpus.name}:{corpus.split} ({seq_len} tokens/window)"
+    total, tokens = total_nll(model, bar(batches, desc=desc, unit="batch"))
     nll = total / tokens
     return PerplexityResult(
         corpus.name, corpus.split, corpus.form, seq_len, len(windows), tokens, nll, math.exp(nll), dtype_name(model)
     )
 
 
-def record_perplexity(
-    directory: str | Path, results: list[PerplexityResult], dense: list[PerplexityResult] | None = None
-) -> None:
-    """Put results under ``scores["perplexity"]["CORPUS:SPLIT"]`` of an output directory's record, as ``pruned``,
-    and the source model's on the same windows as ``dense`` when given.
+@torch.no_grad()
+def total_nll(model: torch.nn.Module, batches: Iterable[torch.Tensor]) -> tuple[float, int]:
+    """(Summed next-token NLL in nats, number of predicted tokens) of ``model`` over ``batches`` of token ids,
+    through ``BlockRunner.nll``: the search's own loss, so perplexity, the baselines' calibration loss and the
+    search's scores are one measurement."""
+    runner = BlockRunner(model)
+    device = input_device(model)
+    total, tokens = 0.0, 0
+    for batch in batches:
+        batch = batch.to(device)
+        nll_sum, count = runner.nll(runner.run(runner.prepare(batch)), batch)
+        total += nll_sum.item()
+        tokens += count
+    return total, tokens
 
-    A ``dense`` figure already there is kept only if it was measured with the same window
-    length, text form and dtype; otherwise the two numbers would not be comparable.
+
+def evaluate_perplexity(
+    model: str | Path,
+    corpora: Sequence[Corpus],
+    config: PerplexityConfig | None = None,
+    load_config: LoadConfig | None = None,
+    dense: bool = False,
+) -> PerplexityResults:
+    """Load ``model`` (a Hub id or directory) and score it on ``corpora``; writes nothing.
+
+    With ``dense``, ``model`` must be an evop-hub output: its source, found through the record, is
+    scored on the same windows, refused unless it is the model the output was pruned from, and
+    loaded at the pruned model's dtype (with "auto" each would get its own checkpoint's, and the
+    change the card shows would mix pruning with precision).
     """
-    record = PruningRecord.load(directory)
-    table = record.scores.setdefault("perplexity", {})
-    for i, result in enumerate(results):
-        key = f"{result.corpus}:{result.split}"
-        old = table.get(key) if isinstance(table.get(key), dict) else {}
-        same = (old.get("seq_len"), old.get("form"), old.get("dtype", result.dtype)) == (
-            result.seq_len,
-            result.form,
-            result.dtype,
-        )
-        kept = {"dense": dense[i].ppl} if dense else {"dense": old["dense"]} if same and "dense" in old else {}
-        table[key] = {**kept, "pruned": result.ppl, **result.to_dict()}
-    record.save(directory)
+    model, config, load_config = str(model), config or PerplexityConfig(), load_config or LoadConfig()
+    if dense and not (Path(model) / RECORD_NAME).is_file():
+        raise EvopError(f"--dense scores the source named in an evop-hub output's record; {model} has none")
+    source = PruningRecord.load(model) if dense else None  # a broken record fails before any loading
+    results = _score(model, corpora, config, load_config)
+    run = PerplexityResults(results, partial=config.max_windows is not None)
+    if source is not None:
+        source_load = replace(load_config, revision=source.source_revision, dtype=results[0].dtype)
+        run.dense = _score(source.source_spec(model), corpora, config, source_load, source)
+        run.dense_model = source.source_model
+    return run
+
+
+def _score(
+    name: str,
+    corpora: Sequence[Corpus],
+    config: PerplexityConfig,
+    load_config: LoadConfig,
+    source_of: PruningRecord | None = None,
+) -> list[PerplexityResult]:
+    """Perplexity of the model ``name`` on each corpus; with ``source_of``, only if it is that record's source."""
+    loaded = load(name, load_config)
+    if source_of is not None:
+        check_is_source(source_of, loaded.model, name)
+    return [perplexity(loaded.model, loaded.tokenizer, corpus, config) for corpus in corpora]

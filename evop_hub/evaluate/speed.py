@@ -25,13 +25,14 @@ from typing import Any
 import torch
 
 from ..errors import EvopError
-from ..models import LoadConfig, count_parameters, find_blocks
-from ..models.loading import check_is_source, dtype_name
+from ..models import LoadConfig, check_context, count_parameters, find_blocks
+from ..models.devices import dtype_name
+from ..models.loading import check_is_source
 from ..progress import bar
-from ..record import PruningRecord
+from ..record import RECORD_NAME, PruningRecord
 from ..record.provenance import cpu_name
 from ..record.results import ModelSpeed, SpeedConfig, SpeedResult
-from .tasks import open_model, out_of_memory, record_scores
+from .tasks import open_model, out_of_memory
 
 PROC_STATUS = Path("/proc/self/status")
 
@@ -150,29 +151,22 @@ def _check_workload(config: SpeedConfig) -> None:
         raise EvopError("--new-tokens must be at least 2: decode speed is measured over the tokens after the first")
 
 
-def _check_context(config: SpeedConfig, model: torch.nn.Module) -> None:
-    limit = getattr(model.config.get_text_config(), "max_position_embeddings", None)
-    if limit and config.prompt_len + config.new_tokens > limit:
-        raise EvopError(
-            f"prompt {config.prompt_len} + new tokens {config.new_tokens} exceeds the model's context of "
-            f"{limit}; use a smaller --prompt-len or --new-tokens"
-        )
-
-
 def speed(dense: Any, pruned: Any, config: SpeedConfig | None = None) -> SpeedResult:
     """Compare generation speed of ``dense`` and ``pruned`` (LoadedModel, transformers model or path/Hub id).
 
-    The result also lands in the pruned model's record under ``scores["speed"]``.
+    Writes nothing: ``evop_hub.record.record_results`` puts the result into the pruned model's record.
+    When ``pruned`` is an evop-hub output directory, ``dense`` must be its source, so that the result
+    can stand in that record as "the dense source against this model".
     """
     c = config or SpeedConfig()
     _check_workload(c)
     load_config = LoadConfig(dtype=c.dtype, device_map=c.device, trust_remote_code=c.trust_remote_code)
-    pruned_model, _, target = open_model(pruned, load_config=load_config)
+    pruned_model, _ = open_model(pruned, load_config=load_config)
     # One dtype for both: "auto" would give each its own checkpoint's, and bf16 against float32 is no speedup.
     dtype = dtype_name(pruned_model)
-    dense_model, _, _ = open_model(dense, load_config=replace(load_config, dtype=dtype))
-    if isinstance(target, Path):  # the record will say "dense source against this model": it must be that source
-        check_is_source(PruningRecord.load(target), dense_model, str(dense))
+    dense_model, _ = open_model(dense, load_config=replace(load_config, dtype=dtype))
+    if isinstance(pruned, (str, Path)) and (Path(pruned) / RECORD_NAME).is_file():
+        check_is_source(PruningRecord.load(pruned), dense_model, str(dense))
     if dense_model.dtype != pruned_model.dtype:
         raise EvopError(
             f"the dense model is {dense_model.dtype}, the pruned one {pruned_model.dtype}; "
@@ -180,15 +174,46 @@ def speed(dense: Any, pruned: Any, config: SpeedConfig | None = None) -> SpeedRe
         )
     models = {"dense": dense_model, "pruned": pruned_model}
     for model in models.values():
-        _check_context(c, model)
+        check_context(
+            model,
+            c.prompt_len + c.new_tokens,
+            f"prompt {c.prompt_len} + new tokens {c.new_tokens} exceeds the model's context of "
+            "{context}; use a smaller --prompt-len or --new-tokens",
+        )
     device = pruned_model.device
     if dense_model.device.type != device.type:
         raise EvopError(f"dense model is on {dense_model.device}, pruned on {device}; compare on one device")
 
-    vocab = pruned_model.config.get_text_config().vocab_size
+    memory, clock = _PeakMemory(device), _Clock(device)
+    runs, peaks = _time(models, c, memory, clock)
+    d = _summary(dense_model, runs["dense"], peaks["dense"], c)
+    p = _summary(pruned_model, runs["pruned"], peaks["pruned"], c)
+    return SpeedResult(
+        config=c,
+        device=str(device),
+        hardware=_hardware(device),
+        timer=clock.name,
+        memory_method=memory.method,
+        dense=d,
+        pruned=p,
+        speedup={
+            "prefill": d.prefill_s / p.prefill_s,
+            "decode": d.decode_s / p.decode_s,
+            "latency": d.latency_s / p.latency_s,
+        },
+        parameters_removed=1 - p.parameters / d.parameters,
+        dtype=dtype,
+    )
+
+
+def _time(
+    models: dict[str, torch.nn.Module], c: SpeedConfig, memory: _PeakMemory, clock: _Clock
+) -> tuple[dict[str, list[dict[str, float]]], dict[str, int | None]]:
+    """Timed runs and peak memory growth per model, on the same random prompts, the models interleaved."""
+    device = memory.device
+    vocab = models["pruned"].config.get_text_config().vocab_size
     generator = torch.Generator().manual_seed(c.seed)
     ids = torch.randint(0, vocab, (c.batch_size, c.prompt_len), generator=generator)
-    memory, clock = _PeakMemory(device), _Clock(device)
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in models}
     peaks: dict[str, int | None] = {name: None for name in models}
     steps = [(i, name) for i in range(c.warmup + c.repeats) for name in models]  # interleaved
@@ -210,24 +235,4 @@ def speed(dense: Any, pruned: Any, config: SpeedConfig | None = None) -> SpeedRe
             f"batch {c.batch_size} x {c.prompt_len + c.new_tokens} tokens does not fit in memory on {device}; "
             "use a smaller --batch-size, --prompt-len or --new-tokens"
         ) from exc
-
-    d = _summary(dense_model, runs["dense"], peaks["dense"], c)
-    p = _summary(pruned_model, runs["pruned"], peaks["pruned"], c)
-    result = SpeedResult(
-        config=c,
-        device=str(device),
-        hardware=_hardware(device),
-        timer=clock.name,
-        memory_method=memory.method,
-        dense=d,
-        pruned=p,
-        speedup={
-            "prefill": d.prefill_s / p.prefill_s,
-            "decode": d.decode_s / p.decode_s,
-            "latency": d.latency_s / p.latency_s,
-        },
-        parameters_removed=1 - p.parameters / d.parameters,
-        dtype=dtype,
-    )
-    record_scores(target, "speed", result.to_dict())
-    return result
+    return runs, peaks

@@ -18,7 +18,6 @@ import torch
 
 from ..errors import EvopError
 from ..models import LoadConfig, LoadedModel, load
-from ..record import RECORD_NAME, PruningRecord
 from ..record.results import PAPER_TASKS, TABLE_METRICS, TasksResult
 
 
@@ -49,31 +48,14 @@ def _lm_eval():
     return lm_eval, HFLM, TaskManager
 
 
-def open_model(
-    model: Any, tokenizer: Any = None, load_config: LoadConfig | None = None
-) -> tuple[torch.nn.Module, Any, LoadedModel | Path | None]:
-    """Model, tokenizer and where scores go, from a LoadedModel, a bare model, or a path/Hub id.
-
-    Scores go into a LoadedModel's record (so a later ``save`` writes them) or, for an
-    evop-hub output directory, into its ``evop_pruning.json``.
-    """
+def open_model(model: Any, tokenizer: Any = None, load_config: LoadConfig | None = None) -> tuple[torch.nn.Module, Any]:
+    """Model and tokenizer from a LoadedModel, a bare model, or a path/Hub id (loaded with ``load_config``)."""
     if isinstance(model, (str, Path)):
         loaded = load(str(model), load_config)
-        target = Path(model) if (Path(model) / RECORD_NAME).is_file() else None
-        return loaded.model, tokenizer or loaded.tokenizer, target
+        return loaded.model, tokenizer or loaded.tokenizer
     if isinstance(model, LoadedModel):
-        return model.model, tokenizer or model.tokenizer, model
-    return model, tokenizer, None
-
-
-def record_scores(target: LoadedModel | Path | None, key: str, value: dict[str, Any]) -> None:
-    """Put ``value`` under ``scores[key]`` of the record behind ``target`` (see ``open_model``)."""
-    if isinstance(target, Path):
-        record = PruningRecord.load(target)
-        record.scores[key] = value
-        record.save(target)
-    elif target is not None:
-        target.record.scores[key] = value
+        return model.model, tokenizer or model.tokenizer
+    return model, tokenizer
 
 
 def out_of_memory(exc: BaseException) -> bool:
@@ -124,7 +106,7 @@ def _summarise(raw: dict[str, Any], config: TasksConfig, version: str) -> TasksR
 def tasks(model: Any, tokenizer: Any = None, config: TasksConfig | None = None) -> TasksResult:
     """Run lm-evaluation-harness tasks on a model (LoadedModel, transformers model, or path/Hub id).
 
-    The results also land in the model's pruning record under ``scores["tasks"]``.
+    Writes nothing: ``evop_hub.record.record_results`` puts the result into a record.
     """
     config = config or TasksConfig()
     lm_eval, HFLM, TaskManager = _lm_eval()
@@ -144,7 +126,7 @@ def tasks(model: Any, tokenizer: Any = None, config: TasksConfig | None = None) 
     except FileNotFoundError as exc:
         raise TasksUnavailable(f"task data file not found ({exc}); check data_files in the task YAML") from exc
 
-    net, tokenizer, target = open_model(model, tokenizer, config.load)
+    net, tokenizer = open_model(model, tokenizer, config.load)
     if tokenizer is None:
         raise EvopError("a transformers model needs its tokenizer: pass tokenizer=, or pass a LoadedModel")
     lm = HFLM(pretrained=net, tokenizer=tokenizer, batch_size=config.batch_size)
@@ -161,6 +143,4 @@ def tasks(model: Any, tokenizer: Any = None, config: TasksConfig | None = None) 
         if not out_of_memory(exc):
             raise
         raise EvopError(f"out of memory at batch size {config.batch_size}; use a smaller --batch-size") from exc
-    result = _summarise(raw, config, lm_eval.__version__)
-    record_scores(target, "tasks", result.to_dict())
-    return result
+    return _summarise(raw, config, lm_eval.__version__)

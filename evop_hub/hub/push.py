@@ -20,8 +20,8 @@ from ..card import default_repo_name, render
 from ..errors import EvopError
 from ..models.card_files import base_license_files, present_license_files
 from ..models.saving import previous_save
-from ..record import RECORD_NAME, STATE_DIR, check_output_dir
-from .space import FREE_HARDWARE, space_files
+from ..record import RECORD_NAME, STATE_DIR, PruningRecord, check_output_dir
+from .space import FREE_HARDWARE, SpaceFiles, space_files
 
 # Never published: run state and partial writes; README.md is rendered for the target repo instead.
 # huggingface_hub's DEFAULT_IGNORE_PATTERNS (.git, caches) are added on top.
@@ -220,7 +220,7 @@ def _gated(api, base: str | None, token: str | None) -> bool:
 
 def push(output_dir: str | Path, config: PushConfig | None = None) -> PushResult:
     """Publish ``output_dir`` (written by `evop-hub prune`/`drop`) and, unless disabled, its Space."""
-    from huggingface_hub import CommitOperationAdd, HfApi
+    from huggingface_hub import HfApi
 
     config = config or PushConfig()
     output_dir = Path(output_dir)
@@ -230,23 +230,9 @@ def push(output_dir: str | Path, config: PushConfig | None = None) -> PushResult
         raise EvopError(f"{output_dir}/{RECORD_NAME} would not be uploaded; do not ignore it")
     repo_id, token = resolve_repo_id(config, default_repo_name(record))
     api = HfApi(token=token)
-    base = record.source_hub_id
-    warnings = []
-    gated = _gated(api, base, token)
-    if gated:
-        warnings.append(
-            f"the base model {base} is gated: its license terms apply to this derivative; "
-            + ("keep it private unless they allow redistribution" if not config.private else "the repo stays private")
-        )
-
-    # License files already copied by `evop-hub card` are in `files`; otherwise they come from the base.
-    present = present_license_files(output_dir)
-    extra = {} if present else base_license_files(record, output_dir)
-    license_names = present or (sorted(extra) if extra is not None else None)
-    extra = extra or {}
-    card = str(render(record, repo_id=repo_id, license_files=license_names, revision=config.revision)).encode()
-    model_files = sorted([*files, *extra, "README.md"])
-
+    gated = _gated(api, record.source_hub_id, token)
+    warnings = [_gated_warning(record.source_hub_id, config.private)] if gated else []
+    extra, card = _license_files_and_card(output_dir, record, repo_id, config.revision)
     space = None
     if config.space:
         space = space_files(
@@ -259,11 +245,9 @@ def push(output_dir: str | Path, config: PushConfig | None = None) -> PushResult
             hardware=config.space_hardware,
         )
         warnings += space.warnings
-    sizes = {rel: (output_dir / rel).stat().st_size for rel in files}
-    sizes |= {name: path.stat().st_size for name, path in extra.items()} | {"README.md": len(card)}
     result = PushResult(
         repo_id=repo_id,
-        files=model_files,
+        files=sorted([*files, *extra, "README.md"]),
         space_repo_id=repo_id if space else None,
         space_files=sorted(space.files) if space else [],
         warnings=warnings,
@@ -273,11 +257,58 @@ def push(output_dir: str | Path, config: PushConfig | None = None) -> PushResult
         space_url=repo_url(repo_id, space=True) if space else None,
         private=config.private,
         space_hardware=config.space_hardware or FREE_HARDWARE,
-        sizes=sizes,
+        sizes=_sizes(output_dir, files, extra, card),
         space_sizes={name: len(data) for name, data in space.files.items()} if space else {},
     )
     if config.dry_run:
         return result
+    result.url, result.commit = _commit_model(api, token, output_dir, files, extra, card, record, repo_id, config)
+    # The local card now names the repo it was published to, like the pushed one.
+    tmp = output_dir / "README.md.tmp"
+    tmp.write_bytes(card)
+    tmp.replace(output_dir / "README.md")
+    if space is not None:
+        result.space_url = _commit_space(api, token, space, repo_id, config)
+    return result
+
+
+def _gated_warning(base: str | None, private: bool) -> str:
+    return f"the base model {base} is gated: its license terms apply to this derivative; " + (
+        "keep it private unless they allow redistribution" if not private else "the repo stays private"
+    )
+
+
+def _license_files_and_card(
+    output_dir: Path, record: PruningRecord, repo_id: str, revision: str | None
+) -> tuple[dict[str, Path], bytes]:
+    """(License files to send from the base's repo, by name; the card rendered for ``repo_id``). Those `evop-hub
+    card` already copied into ``output_dir`` go with its files instead, and the card links whichever are sent."""
+    present = present_license_files(output_dir)
+    extra = {} if present else base_license_files(record, output_dir)
+    license_names = present or (sorted(extra) if extra is not None else None)
+    card = str(render(record, repo_id=repo_id, license_files=license_names, revision=revision)).encode()
+    return extra or {}, card
+
+
+def _sizes(output_dir: Path, files: list[str], extra: dict[str, Path], card: bytes) -> dict[str, int]:
+    """Bytes of each file the model repo gets, as ``PushResult.sizes``."""
+    sizes = {rel: (output_dir / rel).stat().st_size for rel in files}
+    return sizes | {name: path.stat().st_size for name, path in extra.items()} | {"README.md": len(card)}
+
+
+def _commit_model(
+    api,
+    token: str | None,
+    output_dir: Path,
+    files: list[str],
+    extra: dict[str, Path],
+    card: bytes,
+    record: PruningRecord,
+    repo_id: str,
+    config: PushConfig,
+) -> tuple[str, str]:
+    """Create the model repo (and branch) when missing and send everything in one commit: (its URL, commit id)."""
+    from huggingface_hub import CommitOperationAdd
 
     operations = [CommitOperationAdd(rel, str(output_dir / rel)) for rel in files]
     operations += [CommitOperationAdd(name, str(path)) for name, path in extra.items()]
@@ -293,30 +324,30 @@ def push(output_dir: str | Path, config: PushConfig | None = None) -> PushResult
             api.create_branch(repo_id, branch=config.revision, exist_ok=True)
     with hub_errors(f"upload to {repo_id}", repo_id, token):
         commit = api.create_commit(repo_id, operations, commit_message=message, revision=config.revision)
-    result.url, result.commit = str(url), commit.oid
-    # The local card now names the repo it was published to, like the pushed one.
-    tmp = output_dir / "README.md.tmp"
-    tmp.write_bytes(card)
-    tmp.replace(output_dir / "README.md")
+    return str(url), commit.oid
 
-    if space is not None:
-        with hub_errors(f"create the Space {repo_id}", repo_id, token):
-            result.space_url = str(
-                api.create_repo(
-                    repo_id,
-                    repo_type="space",
-                    space_sdk="gradio",
-                    private=config.private,
-                    space_hardware=config.space_hardware,
-                    exist_ok=True,
-                )
-            )
-            if config.space_hardware:
-                api.request_space_hardware(repo_id, config.space_hardware)
-            api.create_commit(
+
+def _commit_space(api, token: str | None, space: SpaceFiles, repo_id: str, config: PushConfig) -> str:
+    """Create the Space (on the requested hardware) and send its files in one commit; returns its URL."""
+    from huggingface_hub import CommitOperationAdd
+
+    with hub_errors(f"create the Space {repo_id}", repo_id, token):
+        url = str(
+            api.create_repo(
                 repo_id,
-                [CommitOperationAdd(name, data) for name, data in sorted(space.files.items())],
                 repo_type="space",
-                commit_message=f"evop-hub demo of {repo_id}",
+                space_sdk="gradio",
+                private=config.private,
+                space_hardware=config.space_hardware,
+                exist_ok=True,
             )
-    return result
+        )
+        if config.space_hardware:
+            api.request_space_hardware(repo_id, config.space_hardware)
+        api.create_commit(
+            repo_id,
+            [CommitOperationAdd(name, data) for name, data in sorted(space.files.items())],
+            repo_type="space",
+            commit_message=f"evop-hub demo of {repo_id}",
+        )
+    return url

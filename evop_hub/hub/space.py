@@ -17,7 +17,8 @@ from huggingface_hub import SpaceCard, SpaceCardData
 
 from ..card.card import license_link
 from ..errors import EvopError
-from ..models.loading import OFFLINE_MODELS, convert_gguf, locate_offline_model
+from ..models.gguf import convert_gguf
+from ..models.offline import OFFLINE_MODELS, locate_offline_model
 from ..record import PruningRecord, check_output_dir
 
 SPACE_DIR = Path(__file__).resolve().parents[2] / "spaces"  # a source checkout
@@ -77,10 +78,41 @@ def space_files(
     hardware: str | None = None,
 ) -> SpaceFiles:
     """README (Space metadata), app, requirements and the served repo ids, ready to upload."""
-    import gradio
-
     source = template_dir()
     base = base_repo(record)
+    notes, warnings = _access_notes(record, base, base_gated, private)
+    need = memory_gb(output_dir, record)
+    if need is not None and need > FREE_MEMORY_GB and hardware in (None, FREE_HARDWARE):
+        text = (
+            f"the two models need about {need:.0f} GB of RAM, more than the {FREE_MEMORY_GB:.0f} GB of the free "
+            f"{FREE_HARDWARE} Space; pass --space-hardware (e.g. cpu-upgrade or a GPU such as a10g-large)"
+        )
+        notes.append(text)
+        warnings.append(text)
+    card = SpaceCard.from_template(
+        _card_data(record, repo_id, base),
+        template_str=(source / "README.md").read_text(),
+        model=repo_id,
+        model_url=f"https://huggingface.co/{repo_id}"
+        + (f"/tree/{revision}" if revision and revision != "main" else ""),
+        base=base,
+        pruning=_pruning(record),
+        notes=notes,
+    )
+    config = {"model": repo_id, "revision": revision, "base": base, "base_revision": record.source_revision}
+    config["trust_remote_code"] = record.method == "slicegpt"  # its modeling file, pushed by this user with it
+    files = {name: (source / name).read_bytes() for name in APP_FILES}
+    files["README.md"] = str(card).encode()
+    files[CONFIG_NAME] = (json.dumps(config, indent=2) + "\n").encode()
+    return SpaceFiles(files, warnings, need)
+
+
+def _access_notes(
+    record: PruningRecord, base: str | None, base_gated: bool, private: bool
+) -> tuple[list[str], list[str]]:
+    """(Notes for the Space's README, warnings for the user) on what the Space can load and compare: a gated
+    base or private repo needs a token secret; a base off the Hub is not served; a GGUF source differs by more
+    than pruning."""
     notes, warnings = [], []
     if base_gated or private:
         why = "the base model is gated" if base_gated else "the model repository is private"
@@ -96,15 +128,14 @@ def space_files(
             f"the pruned model was dequantized from a {record.source_format.removeprefix('gguf:')} GGUF file, "
             f"while {base} is served in full precision: part of the difference between them is quantization."
         )
-    need = memory_gb(output_dir, record)
-    if need is not None and need > FREE_MEMORY_GB and hardware in (None, FREE_HARDWARE):
-        text = (
-            f"the two models need about {need:.0f} GB of RAM, more than the {FREE_MEMORY_GB:.0f} GB of the free "
-            f"{FREE_HARDWARE} Space; pass --space-hardware (e.g. cpu-upgrade or a GPU such as a10g-large)"
-        )
-        notes.append(text)
-        warnings.append(text)
-    data = SpaceCardData(
+    return notes, warnings
+
+
+def _card_data(record: PruningRecord, repo_id: str, base: str | None) -> SpaceCardData:
+    """The Space README's metadata: a Gradio app of the installed version, serving the model (and its base)."""
+    import gradio
+
+    return SpaceCardData(
         title=repo_id.split("/")[-1][:30],
         emoji="✂️",
         colorFrom="indigo",
@@ -119,22 +150,6 @@ def space_files(
         models=[m for m in (repo_id, base) if m],
         short_description=(f"{_pruned_kind(record)} pruned model" + (" vs. its base" if base else ""))[:60],
     )
-    card = SpaceCard.from_template(
-        data,
-        template_str=(source / "README.md").read_text(),
-        model=repo_id,
-        model_url=f"https://huggingface.co/{repo_id}"
-        + (f"/tree/{revision}" if revision and revision != "main" else ""),
-        base=base,
-        pruning=_pruning(record),
-        notes=notes,
-    )
-    config = {"model": repo_id, "revision": revision, "base": base, "base_revision": record.source_revision}
-    config["trust_remote_code"] = record.method == "slicegpt"  # its modeling file, pushed by this user with it
-    files = {name: (source / name).read_bytes() for name in APP_FILES}
-    files["README.md"] = str(card).encode()
-    files[CONFIG_NAME] = (json.dumps(config, indent=2) + "\n").encode()
-    return SpaceFiles(files, warnings, need)
 
 
 def _pruned_kind(record: PruningRecord) -> str:

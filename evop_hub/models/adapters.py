@@ -41,6 +41,20 @@ def text_config(model_or_config: Any) -> Any:
     return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 
+def context_length(model_or_config: Any) -> int | None:
+    """The decoder's context in tokens (``max_position_embeddings``), or None where the config states none:
+    the one place every length check (calibration samples, perplexity windows, generation) reads it."""
+    return getattr(text_config(model_or_config), "max_position_embeddings", None)
+
+
+def check_context(model_or_config: Any, tokens: int, message: str) -> None:
+    """Refuse ``tokens`` past the model's context before any work: longer inputs fail deep in the embeddings
+    (GPT-2) or are scored past the training length (RoPE models). ``message`` may name ``{context}``."""
+    context = context_length(model_or_config)
+    if context is not None and tokens > context:
+        raise EvopError(message.format(context=context))
+
+
 def num_layers(config: Any) -> int:
     """The layer count through the config's attribute map (GPT-2's ``n_layer`` and the like)."""
     value = getattr(text_config(config), "num_hidden_layers", None)

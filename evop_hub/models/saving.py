@@ -24,10 +24,11 @@ from pathlib import Path
 import torch
 
 from ..errors import EvopError
-from ..files import atomic_path, hold_output, release_output, temp_dir
+from ..files import atomic_path, hold_output, in_place, release_output, staging, temp_dir
 from ..record import RECORD_NAME, STATE_DIR
 from .card_files import write_card
-from .loading import LoadedModel, dtype_name
+from .devices import dtype_name
+from .loading import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,8 @@ def _recover_leftovers(path: Path) -> None:
     new one took its place, is put back (with its run state, so --resume finds it), or goes when the new one
     is in place. Each step is logged: the user sees what happened to a hidden folder."""
     prefix = f".{glob.escape(path.name)}"
+    if path.is_dir():
+        _recover_in_place(path, prefix)
     for leftover in sorted(path.parent.glob(f"{prefix}.tmp-*")) + sorted(path.parent.glob(f"{prefix}.old-*")):
         if leftover.name.startswith(f".{path.name}.old-") and not path.exists():
             os.replace(leftover, path)
@@ -98,8 +101,40 @@ def _recover_leftovers(path: Path) -> None:
             log.info("removed %s, left beside %s by a run killed while saving it", leftover.name, path)
 
 
+def _recover_in_place(path: Path, prefix: str) -> None:
+    """Undo an in-place save killed half way (see ``_replace_contents``): its journal says which entries it was
+    moving in; while any of them is still in the temporary directory the previous save is put back whole,
+    otherwise the new one is complete and the previous copy goes."""
+    for journal in sorted(path.glob(f"{prefix}.old-*.json")):
+        old, data = journal.with_suffix(""), json.loads(journal.read_text())
+        new = path / data["new"]
+        if old.is_dir() and new.is_dir() and any(new.iterdir()):
+            for name in data["incoming"]:
+                if not (new / name).exists():
+                    _remove(path / name)
+            _move(sorted(p.name for p in old.iterdir()), old, path)
+            log.info("restored the previous save in %s, which a run killed while saving it had half replaced", path)
+        shutil.rmtree(old, ignore_errors=True)
+        journal.unlink()
+    for leftover in sorted(path.glob(f"{prefix}.tmp-*")) + sorted(path.glob(f"{prefix}.old-*")):
+        shutil.rmtree(leftover, ignore_errors=True)
+        log.info("removed %s, left inside %s by a run killed while saving it", leftover.name, path)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def _check_parent(path: Path) -> None:
-    """The output's parent must take the temporary directory the save is written into, and the lock file."""
+    """The output's parent must take the temporary directory the save is written into, and the lock file;
+    an output replaced in place (a mount point, see ``files.in_place``) takes them itself."""
+    if in_place(path):
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise EvopError(f"cannot write to {path}; choose another --output")
+        return
     parent = path.parent
     if parent == path:
         raise EvopError(f"--output {path} is the file system's root; choose a directory for the model")
@@ -223,7 +258,7 @@ def save(loaded: LoadedModel, output: str | Path, *, command: str | None = None,
 
 def _write(loaded: LoadedModel, output: Path) -> None:
     """Write the checkpoint beside ``output`` and move it into place once complete (see ``_swap_in``)."""
-    tmp = temp_dir(output.parent, f".{output.name}.tmp-")
+    tmp = temp_dir(staging(output), f".{output.name}.tmp-")
     try:
         loaded.record.dtype = _save_weights(loaded.model, tmp, loaded.dtype)
         loaded.tokenizer.save_pretrained(tmp)
@@ -311,9 +346,8 @@ def previous_save(output: Path) -> set[str]:
 def _swap_in(new: Path, output: Path) -> None:
     """Replace directory ``output`` by ``new``, carrying over its run state and the user's files (see
     ``_carried``); on any failure the previous directory is put back whole. The working directory is
-    replaced in place instead (``_replace_contents``): renamed away, it would leave the calling shell in a
-    deleted directory."""
-    if _is_cwd(output):
+    replaced in place instead (``_replace_contents``), as is a mount point (see ``files.in_place``)."""
+    if in_place(output):
         _replace_contents(new, output)
         return
     old = output.with_name(f".{output.name}.old-{os.getpid()}")
@@ -335,16 +369,22 @@ def _swap_in(new: Path, output: Path) -> None:
 def _replace_contents(new: Path, output: Path) -> None:
     """Replace what the last save wrote in ``output`` by the entries of ``new``, keeping the directory itself;
     each entry moves by one rename, and on any failure the previous entries are put back."""
-    old = temp_dir(output.parent, f".{output.name}.old-")
-    replaced = sorted({p.name for p in output.iterdir()} - set(_carried(output, new)))
+    old = temp_dir(output, f".{output.name}.old-")
+    journal = old.with_name(old.name + ".json")  # for _recover_in_place, should this run be killed half way
+    incoming = sorted(p.name for p in new.iterdir())
+    with atomic_path(journal) as path:
+        path.write_text(json.dumps({"new": new.name, "incoming": incoming}))
+    replaced = sorted({p.name for p in output.iterdir()} - set(_carried(output, new)) - {journal.name})
     _move(replaced, output, old)
     try:
-        _move(sorted(p.name for p in new.iterdir()), new, output)
+        _move(incoming, new, output)
     except BaseException:
         _move(replaced, old, output)
         old.rmdir()
+        journal.unlink()
         raise
     shutil.rmtree(old, ignore_errors=True)
+    journal.unlink()
 
 
 def _move(names: list[str], src: Path, dst: Path) -> None:
@@ -358,11 +398,3 @@ def _move(names: list[str], src: Path, dst: Path) -> None:
         for name in reversed(moved):
             os.replace(dst / name, src / name)
         raise
-
-
-def _is_cwd(path: Path) -> bool:
-    """Whether ``path`` is the process's working directory (that of the shell that started it)."""
-    try:
-        return os.path.samestat(os.stat("."), os.stat(path))
-    except OSError:
-        return False

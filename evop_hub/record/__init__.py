@@ -2,6 +2,7 @@
 
 from .provenance import cpu_name, hardware, versions
 from .record import LINEAGE_KEYS, RECORD_NAME, SCHEMA_VERSION, STATE_DIR, PruningRecord, check_output_dir
+from .scores import record_results
 
 __all__ = [
     "LINEAGE_KEYS",
@@ -12,5 +13,6 @@ __all__ = [
     "check_output_dir",
     "cpu_name",
     "hardware",
+    "record_results",
     "versions",
 ]

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .markdown import markdown_table
+
 # The five zero-shot tasks of the EvoP paper's tables.
 PAPER_TASKS = ("arc_easy", "arc_challenge", "hellaswag", "piqa", "winogrande")
 TABLE_METRICS = ("acc", "acc_norm")
@@ -37,17 +39,44 @@ class TasksResult:
     def table(self) -> str:
         """Markdown table: one row per task, then the mean (stderr of a mean assumes independent tasks)."""
         head = ["task", "n", *[c for m in TABLE_METRICS for c in (m, "±")]]
-        rows = [head, ["---"] * len(head)]
+        rows = []
         for name, metrics in [*self.scores.items(), ("mean", self.mean)]:
             n = str(self.samples[name]) if name in self.samples else ""
             cells = [_fmt(metrics.get(c if c != "±" else f"{m}_stderr")) for m in TABLE_METRICS for c in (m, "±")]
             rows.append([name, n, *cells])
-        lines = ["| " + " | ".join(r) + " |" for r in rows]
+        lines = markdown_table(head, rows, spaced_rule=True)
         return "\n".join([*lines, "", f"{self.num_fewshot}-shot, lm-eval {self.lm_eval_version}"])
 
 
 def _fmt(value: float | None) -> str:
     return "" if value is None else f"{value:.4f}"
+
+
+@dataclass
+class PerplexityResult:
+    corpus: str
+    split: str
+    form: str
+    seq_len: int
+    windows: int
+    tokens: int  # predicted (scored) tokens
+    nll: float  # mean NLL per scored token, in nats
+    ppl: float
+    dtype: str | None = None  # the model's weights (records before it was recorded lack it)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class PerplexityResults:
+    """One model's perplexity on several corpora and, with ``dense``, its source's on the very same windows
+    at the same dtype (so the change the card shows is the pruning's alone)."""
+
+    results: list[PerplexityResult]
+    dense: list[PerplexityResult] | None = None  # the source's, in the order of ``results``
+    dense_model: str | None = None  # the source as its record names it
+    partial: bool = False  # windows capped by max_windows: a quick look, never recorded as the model's number
 
 
 @dataclass
@@ -130,8 +159,7 @@ class SpeedResult:
             ("peak memory MiB", mib(d.peak_memory_bytes), mib(p.peak_memory_bytes), ""),
         ]
         c = self.config
-        lines = ["| | dense | pruned | pruned vs dense |", "| --- | --- | --- | --- |"]
-        lines += [f"| {' | '.join(r)} |" for r in rows]
+        lines = markdown_table(["", "dense", "pruned", "pruned vs dense"], rows, spaced_rule=True)
         lines += [
             "",
             f"batch {c.batch_size}, prompt {c.prompt_len}, new tokens {c.new_tokens}"

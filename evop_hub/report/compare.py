@@ -38,19 +38,21 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import tomllib
 
-from ..baselines import BASELINES, calibration_loss
 from ..calibration import CalibrationConfig, calibrate
 from ..errors import EvopError
 from ..evaluate.heldout import HeldOut
 from ..evaluate.speed import SpeedConfig, speed
 from ..evaluate.tasks import TasksConfig, TasksUnavailable, tasks
 from ..files import atomic_path
+from ..methods import METHODS, MethodJob
 from ..models import LoadConfig, LoadedModel, count_parameters, find_blocks, input_device, load
+from ..models.devices import check_device
 from ..models.surgery import drop, drop_blocks
 from ..progress import bar
 from ..record.provenance import hardware, versions
 from ..record.results import PAPER_TASKS
-from ..search import METHODS, PAPER_SEARCH, SearchConfig, evaluator_for, num_drop, run_search
+from ..registry import Registry
+from ..search import PAPER_SEARCH, SearchConfig, evaluator_for, num_drop
 from .layout import CELLS_DIR, FIG1A, FIG1C, FORMAT, REPORT, RESULTS, VERSION, cluster_sparsity, own_sampler
 from .tables import write_report
 
@@ -102,14 +104,11 @@ class CompareConfig:
 
     def check(self) -> None:
         """Refuse bad settings before anything loads, in one line each."""
-        known = [*METHODS, *BASELINES]
         for name in [*self.methods, *self.fig1c_methods]:
-            if name not in known:
-                raise EvopError(
-                    f"unknown method {name!r}; choose from {', '.join(known)} (dense is always the reference)"
-                )
+            if name not in METHODS:
+                raise EvopError(METHODS.unknown(name, " (dense is always the reference)", option="method"))
         for name in self.fig1c_methods:
-            if name in BASELINES:
+            if not METHODS[name].removes_blocks:
                 raise EvopError(f"fig1c_methods must be block searches; {name} prunes widths")
         for s in [*self.sparsities, *([self.fig1c_sparsity] if self.fig1c_sparsity is not None else [])]:
             if not (isinstance(s, (int, float)) and 0 < s < 1):
@@ -244,7 +243,10 @@ def _toml(value: Any) -> str:
 
 
 # Named protocols; `--preset gpu` is the paper-like run, `--preset cpu` a small one for 2 CPU cores.
-PRESETS: dict[str, dict[str, Any]] = {
+PRESETS: Registry[dict[str, Any]] = Registry(
+    "compare-presets", "--preset", describe=lambda p: ", ".join(f"{k}={v}" for k, v in p.items() if k != "methods")
+)
+_PRESETS: dict[str, dict[str, Any]] = {
     # The paper's protocol on one GPU: 5 x 2048 calibration tokens, sparsities 0.1/0.2/0.3, seeds 0-2, all
     # held-out windows of 2048 tokens; a shorter speed workload (block methods at equal k time alike).
     "gpu": {"device": "cuda", "dtype": "float32", "speed_new_tokens": 64, "speed_repeats": 3, "speed_warmup": 1},
@@ -270,10 +272,12 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+for _name, _settings in _PRESETS.items():
+    PRESETS.register(_name, _settings)
+
+
 def preset(name: str) -> CompareConfig:
-    if name not in PRESETS:
-        raise EvopError(f"unknown --preset {name!r}; choose from {', '.join(PRESETS)}")
-    return CompareConfig.from_dict(PRESETS[name])
+    return CompareConfig.from_dict(PRESETS.get(name))
 
 
 # ---------------------------------------------------------------------- cells
@@ -327,7 +331,7 @@ def plan(config: CompareConfig, num_blocks: int) -> list[CellKey]:
     unique = list(dict.fromkeys(keys))
     order = {k: i for i, k in enumerate(unique)}
     calibration = lambda k: (k.seed is not None, k.seed or 0, k.sampler or "", -1 if k.cluster is None else k.cluster)  # noqa: E731
-    ordered = sorted(unique, key=lambda k: (calibration(k), k.method in BASELINES, order[k]))
+    ordered = sorted(unique, key=lambda k: (calibration(k), _prunes_width(k.method), order[k]))
     return ordered
 
 
@@ -344,7 +348,8 @@ class Workspace:
     def loaded(self):
         if self._loaded is None:
             c = self.config
-            device = _usable_device(c.device)  # checked here: a report from finished cells needs no device
+            # Checked here: a report from finished cells needs no device.
+            device = check_device(c.device, fix='set device = "cpu" (or --preset cpu)')
             loaded = (
                 self.source if isinstance(self.source, LoadedModel) else load(self.source, LoadConfig(dtype=c.dtype))
             )
@@ -438,6 +443,10 @@ def _tasks(ws: Workspace, model) -> dict[str, Any]:
         return {"unavailable": ws.tasks_unavailable}
 
 
+def _prunes_width(name: str) -> bool:
+    return name in METHODS and not METHODS[name].removes_blocks
+
+
 def run_cell(ws: Workspace, key: CellKey) -> dict[str, Any]:
     """Compute one cell's numbers (no provenance)."""
     c = ws.config
@@ -447,31 +456,33 @@ def run_cell(ws: Workspace, key: CellKey) -> dict[str, Any]:
             out["tasks"] = _tasks(ws, ws.loaded.model)
         return out
     calibration, evaluator = ws.evaluator(key)
-    if key.method in BASELINES:
-        baseline = BASELINES[key.method]
+    method, ids = METHODS[key.method], calibration.input_ids
+    search = replace(c.search_config(), method=key.method, seed=key.seed, exhaustive_limit=c.method_exhaustive_limit)
+    job = MethodJob(None, ids, key.sparsity, search=search, batch_size=c.batch_size, progress=False)
+    if not method.removes_blocks:
         clone = copy.copy(ws.loaded)
         clone.model, clone.record = copy.deepcopy(ws.loaded.model), copy.deepcopy(ws.loaded.record)
-        ids = calibration.input_ids
-        details = baseline.run(clone, ids, baseline.settings(key.sparsity, None, c.batch_size, False))
+        job.loaded = clone
+        result = method.run(job)
+        details = {k: v for k, v in result.summary.items() if k not in ("method", "seconds")}
         out = {
             "unit": clone.record.sparsity_unit,
             "achieved_sparsity": clone.record.sparsity,
             "parameters_after": clone.record.parameters_after,
             "parameters_before": clone.record.parameters_before,
-            "calibration_loss": calibration_loss(clone.model, ids, c.batch_size),
+            "calibration_loss": result.losses["pruned"],
             "dense_calibration_loss": evaluator.loss(()),
             "details": {k: v for k, v in details.items() if isinstance(v, (int, float, str))},
             "heldout": _heldout_numbers(ws.heldout.on(clone.model).score(())),
         }
         return {**out, **_extras(ws, key, clone.model)}
-    k = num_drop(evaluator.num_blocks, key.sparsity)
-    search = replace(c.search_config(), method=key.method, seed=key.seed, exhaustive_limit=c.method_exhaustive_limit)
+    job.evaluator = evaluator
     before = evaluator.stats.as_dict()
-    result = run_search(evaluator, k, search, progress=False)
+    result = method.run(job).search
     blocks = find_blocks(ws.loaded.model)
     out = {
         "unit": "blocks",
-        "k": k,
+        "k": result.k,
         "blocks": evaluator.num_blocks,
         "mask": list(result.mask),
         "calibration_loss": result.loss,
@@ -544,40 +555,9 @@ def compare(
     ws = Workspace(model, config)
     blocks = recorded or len(find_blocks(ws.loaded.model))
     keys = plan(config, blocks)
-    machine, packages = hardware(), versions()
-    cells, reused, started = [], 0, time.perf_counter()
-    with bar(keys, desc="compare", unit="cell", disable=not progress) as cells_bar:
-        for key in cells_bar:
-            cells_bar.set_postfix_str(key.id)
-            path = out / CELLS_DIR / f"{key.id}.json"
-            if path.is_file():
-                cell = json.loads(path.read_text())
-                if cell.get("tasks", {}).get("unavailable") and key.method == "dense":
-                    ws.tasks_unavailable = cell["tasks"]["unavailable"]
-                cells.append(cell)
-                reused += 1
-                continue
-            start = time.perf_counter()
-            numbers = run_cell(ws, key)
-            cell = {
-                "id": key.id,
-                **asdict(key),
-                **numbers,
-                "fingerprint": fingerprint,
-                "provenance": {
-                    "command": command,
-                    "model": name,
-                    "seeds": {"calibration": key.seed, "search": key.seed},
-                    "versions": packages,
-                    "hardware": machine,
-                    "device": config.device,
-                    "dtype": config.dtype,
-                    "seconds": round(time.perf_counter() - start, 3),
-                    "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
-                },
-            }
-            _write_json(path, cell)
-            cells.append(cell)
+    run = _Run(name, command, fingerprint, hardware(), versions())
+    started = time.perf_counter()
+    cells, reused = _run_cells(ws, keys, out, run, progress)
     log.info("%d cells: %d computed, %d reused from %s", len(keys), len(keys) - reused, reused, out / CELLS_DIR)
     heldout = ws._heldout.info if ws._heldout is not None else _saved_windows(out)
     results = {
@@ -587,8 +567,8 @@ def compare(
         "command": command,
         "config": asdict(config),
         "blocks": blocks,
-        "hardware": machine,
-        "versions": packages,
+        "hardware": run.hardware,
+        "versions": run.versions,
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "seconds": round(time.perf_counter() - started, 1),
         "cells_reused": reused,
@@ -600,16 +580,61 @@ def compare(
     return results
 
 
-def _usable_device(name: str):
-    import torch
+@dataclass(frozen=True)
+class _Run:
+    """What every cell computed by one `compare` run records of that run."""
 
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise EvopError(f"device {name!r} is not a torch device; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise EvopError(f'device {name} is set, but no CUDA GPU is visible here; set device = "cpu" (or --preset cpu)')
-    return device
+    model: str
+    command: str | None
+    fingerprint: str
+    hardware: str
+    versions: dict[str, str]
+
+
+def _run_cells(
+    ws: Workspace, keys: list[CellKey], out: Path, run: _Run, progress: bool
+) -> tuple[list[dict[str, Any]], int]:
+    """(Every cell of ``keys``, in order; how many were reused). A cell with a file in ``out`` is read back, any
+    other computed and written at once, so an interrupted run resumes where it stopped."""
+    cells, reused = [], 0
+    with bar(keys, desc="compare", unit="cell", disable=not progress) as cells_bar:
+        for key in cells_bar:
+            cells_bar.set_postfix_str(key.id)
+            path = out / CELLS_DIR / f"{key.id}.json"
+            if path.is_file():
+                cell = json.loads(path.read_text())
+                if cell.get("tasks", {}).get("unavailable") and key.method == "dense":
+                    ws.tasks_unavailable = cell["tasks"]["unavailable"]
+                cells.append(cell)
+                reused += 1
+                continue
+            cell = _computed_cell(ws, key, run)
+            _write_json(path, cell)
+            cells.append(cell)
+    return cells, reused
+
+
+def _computed_cell(ws: Workspace, key: CellKey, run: _Run) -> dict[str, Any]:
+    """One cell's numbers (``run_cell``) with its settings' fingerprint and its provenance."""
+    start = time.perf_counter()
+    numbers = run_cell(ws, key)
+    return {
+        "id": key.id,
+        **asdict(key),
+        **numbers,
+        "fingerprint": run.fingerprint,
+        "provenance": {
+            "command": run.command,
+            "model": run.model,
+            "seeds": {"calibration": key.seed, "search": key.seed},
+            "versions": run.versions,
+            "hardware": run.hardware,
+            "device": ws.config.device,
+            "dtype": ws.config.dtype,
+            "seconds": round(time.perf_counter() - start, 3),
+            "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        },
+    }
 
 
 def _recorded_blocks(out: Path, fingerprint: str) -> int | None:

@@ -13,9 +13,11 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from ..baselines import BASELINES
 from ..errors import EvopError
 from ..files import atomic_path
+from ..methods import METHODS
+from ..record.markdown import markdown_table
+from ..search import num_drop
 from . import layout
 from .plots import bars_plot, lines_plot
 
@@ -65,19 +67,13 @@ def _ppl(cells: list[dict[str, Any]], spec: str) -> str:
     return fmt([c["heldout"][spec]["ppl"] for c in cells])
 
 
-def _table(head: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *("| " + " | ".join(r) + " |" for r in rows)]
-
-
 def _unit(method: str) -> str:
-    return {"wanda": "weights", "slicegpt": "hidden channels"}.get(
-        method, "weights" if method in BASELINES else "blocks"
-    )
+    return METHODS[method].unit if method in METHODS else "blocks"
 
 
 def _protocol(results: dict[str, Any]) -> list[str]:
     c, blocks = results["config"], results["blocks"]
-    ks = ", ".join(f"{s:g} → k={math.ceil(s * blocks)}" for s in c["sparsities"])
+    ks = ", ".join(f"{s:g} → k={num_drop(blocks, s)}" for s in c["sparsities"])
     windows = results.get("heldout_windows") or {}
     held = "; ".join(
         f"{spec}{' (' + w['form'] + ')' if w.get('form') else ''}: {w['windows']} × {w['seq_len']} tokens"
@@ -160,7 +156,7 @@ def _table1(cells: Cells) -> list[str]:
                 if len(scored) < len(group):
                     missing.append(_unscored(method, s, group, len(scored)))
             rows.append(row)
-    lines += ["", *_table(head, rows), *(["", *missing] if missing else [])]
+    lines += ["", *markdown_table(head, rows), *(["", *missing] if missing else [])]
     timed = next((g["speed"] for group in cells.groups.values() for g in group if "speed" in g), None)
     if timed:
         t = timed["config"]
@@ -206,7 +202,7 @@ def _domain_tables(cells: Cells) -> list[str]:
                     rows.append(
                         [f"{method} ({cells.own_sampler(method)})", f"{s:g}", *(_ppl(group, spec) for spec in specs)]
                     )
-        lines += _table(["method (calibration)", "sparsity", *specs], rows)
+        lines += markdown_table(["method (calibration)", "sparsity", *specs], rows)
     return lines
 
 
@@ -227,7 +223,7 @@ def _table4(cells: Cells) -> list[str]:
                     *(_ppl(group, spec) for spec in c["eval"]),
                 ]
             )
-    lines += _table(["variant", "sparsity", "calibration loss", *c["eval"]], rows)
+    lines += markdown_table(["variant", "sparsity", "calibration loss", *c["eval"]], rows)
     return lines + ["", "Calibration losses of w/o CCDS are on its own (random) samples, the others' on the CCDS set."]
 
 
@@ -259,7 +255,7 @@ def _fig1a(cells: Cells, blocks: int) -> list[str]:
     ]
     rows = []
     for s in c["sparsities"]:
-        k = math.ceil(s * blocks)
+        k = num_drop(blocks, s)
         patterns = math.comb(blocks, k)
         row = [f"{s:g}", str(k), f"{patterns:,}"]
         for _, method in FIG1A:
@@ -270,7 +266,7 @@ def _fig1a(cells: Cells, blocks: int) -> list[str]:
                 else f"not run ({patterns:,} > {c['exhaustive_limit']:,})"
             )
         rows.append(row)
-    return lines + _table(["sparsity", "k", "patterns", *(label for label, _ in FIG1A)], rows)
+    return lines + markdown_table(["sparsity", "k", "patterns", *(label for label, _ in FIG1A)], rows)
 
 
 def fig1c_series(cells: Cells, spec: str) -> tuple[list[str], dict[str, list[tuple[float, float]]]]:
@@ -306,7 +302,7 @@ def _fig1c(cells: Cells) -> list[str]:
         for j in [*range(c["samples"]), None]:
             group = cells.get(method, "ccds", s, j)
             rows.append([method, "all (CCDS)" if j is None else f"C{j}", *(_ppl(group, spec) for spec in c["eval"])])
-    return lines + _table(["method", "calibration", *c["eval"]], rows)
+    return lines + markdown_table(["method", "calibration", *c["eval"]], rows)
 
 
 def _cell_list(results: dict[str, Any]) -> list[str]:
@@ -329,7 +325,7 @@ def _cell_list(results: dict[str, Any]) -> list[str]:
         "Dropped blocks (mask, numbering of the evaluated model) or pruning unit; new patterns "
         "evaluated on the calibration set's shared memo; seconds of the cell.",
         "",
-        *_table(["cell", "mask / unit", "calibration loss", "evaluations", "seconds"], rows),
+        *markdown_table(["cell", "mask / unit", "calibration loss", "evaluations", "seconds"], rows),
     ]
 
 

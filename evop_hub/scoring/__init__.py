@@ -1,16 +1,16 @@
 """Scoring: the block runner and the evaluators that turn pruning masks into exact fitnesses.
 
 Everything that needs a masked forward goes through here: the search methods, the staged and
-pooled evaluators, held-out perplexity and the baselines' calibration passes.
+Ray evaluators, held-out perplexity and the baselines' calibration passes.
 """
 
+from .distributed import RayEvaluator
 from .evaluator import (
     FITNESSES,
     Evaluator,
     EvaluatorStats,
     Fitness,
     Mask,
-    PoolEvaluator,
     SerialEvaluator,
     StagedEvaluator,
     as_mask,
@@ -26,7 +26,7 @@ __all__ = [
     "EvaluatorStats",
     "Fitness",
     "Mask",
-    "PoolEvaluator",
+    "RayEvaluator",
     "SerialEvaluator",
     "StagedEvaluator",
     "as_mask",

@@ -6,8 +6,8 @@ whole distribution rather than one observed token, so it measures how far prunin
 model, not how well the pruned model happens to fit the calibration text.
 
 Every search method talks to one ``Evaluator`` interface (as mergekit's evolution strategies
-do), so a pool of workers over several GPUs or machines can replace ``SerialEvaluator``
-without touching the methods. The serial evaluator is exact (the same numbers as a full
+do), so Ray actors over several GPUs or machines (``distributed.RayEvaluator``) can replace
+``SerialEvaluator`` without touching the methods. The serial evaluator is exact (the same numbers as a full
 forward of the physically pruned model) and avoids work in three ways, besides stacking the
 final states of many masks into one call of the head:
 
@@ -32,18 +32,18 @@ import math
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from copy import deepcopy
 from dataclasses import dataclass, field, replace
 
 import torch
 
 from ..errors import EvopError
-from ..models.loading import check_device
+from ..registry import Registry
 from .runner import BlockContext, BlockRunner
 
 Mask = tuple[int, ...]  # dropped block indices, sorted
-FITNESSES = ("nll", "kl")  # mean next-token NLL; mean KL(dense || pruned) of the next-token distributions
+FITNESSES: Registry[str] = Registry("fitnesses", "--fitness", describe=str)
+FITNESSES.register("nll", "mean next-token NLL on the calibration set")
+FITNESSES.register("kl", "mean KL(dense || pruned) of the next-token distributions")
 
 
 def as_mask(dropped) -> Mask:
@@ -103,7 +103,7 @@ class EvaluatorStats:
         return dict(vars(self))
 
     def add_work(self, after: EvaluatorStats, before: dict[str, int]) -> None:
-        """Add the compute another evaluator did between ``before`` and ``after`` (a pool's worker)."""
+        """Add the compute another evaluator did between ``before`` and ``after`` (a Ray actor, a stage)."""
         for name in ("early_stops", "block_forwards", "prefix_hits", "blocks_saved", "screened_out"):
             setattr(self, name, getattr(self, name) + getattr(after, name) - before[name])
 
@@ -113,6 +113,7 @@ class Evaluator(ABC):
 
     num_blocks: int
     stats: EvaluatorStats
+    memo: dict[Mask, Fitness]  # every mask's fitness so far; saved and restored through state_dict
 
     @abstractmethod
     def evaluate(self, masks: Sequence[Mask], survivors: int | None = None) -> list[Fitness]:
@@ -140,6 +141,37 @@ class Evaluator(ABC):
         only on an evaluator with the same identity."""
         return []
 
+    def counts(self) -> dict[str, int]:
+        """The work counters, for a trace row or a summary: read often, so without the memo."""
+        return self.stats.as_dict()
+
+    def state_dict(self) -> dict:
+        """Every fitness computed so far (partial sums of early-stopped masks included) and the counters, as
+        JSON-ready lists: what a checkpoint saves so that a resumed search recomputes nothing."""
+        memo = [[list(f.mask), f.loss_sum, f.tokens, f.batches, f.complete] for f in self.memo.values()]
+        return {"memo": memo, "stats": self.stats.as_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what ``state_dict`` saved; the caller has checked its types (a checkpoint may be damaged)."""
+        for mask, loss_sum, tokens, batches, complete in state["memo"]:
+            self.memo[as_mask(mask)] = Fitness(as_mask(mask), loss_sum, tokens, batches, complete)
+        self.stats = EvaluatorStats(**state["stats"])
+
+    def stage_base(self) -> SerialEvaluator:
+        """The evaluator in this process whose model, data and settings a ``StagedEvaluator``'s cheap stages
+        share."""
+        raise EvopError(f"{type(self).__name__} cannot carry staged selection")
+
+    def close(self) -> None:
+        """Free what the evaluator holds outside this process (Ray actors); nothing for one in this process."""
+        return None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
 
 @dataclass
 class SerialEvaluator(Evaluator):
@@ -155,8 +187,7 @@ class SerialEvaluator(Evaluator):
     stats: EvaluatorStats = field(default_factory=EvaluatorStats)
 
     def __post_init__(self) -> None:
-        if self.fitness not in FITNESSES:
-            raise EvopError(f"unknown --fitness {self.fitness!r}; choose from {', '.join(FITNESSES)}")
+        FITNESSES.check(self.fitness)
         self.runner = BlockRunner(self.model)
         self.num_blocks = len(self.runner)
         self.batches = list(torch.split(self.input_ids, self.batch_size))
@@ -166,6 +197,9 @@ class SerialEvaluator(Evaluator):
         self.prefix_bytes = 0
         self.dense: dict[int, torch.Tensor] = {}  # KL: the dense model's final states, per batch
         self.references: dict[int, list[torch.Tensor]] = {}  # KL: dense log-probs of the batches that fit
+
+    def stage_base(self) -> SerialEvaluator:
+        return self
 
     def identity(self) -> list:
         # The model by its class, size, dtype and 256 evenly spaced values of every weight tensor it holds in
@@ -398,97 +432,6 @@ class SerialEvaluator(Evaluator):
         return [self.memo[m] for m in masks]
 
 
-@dataclass
-class PoolEvaluator(Evaluator):
-    """Masks shared out over several serial evaluators, one model copy per device, run side by side.
-
-    The shape of mergekit's actor pool, with threads instead of processes: the devices compute
-    while Python waits, and the masks, the memo and the resume state stay in one process.
-    Each call's new masks are sorted by their keep bits and cut into contiguous slices, so
-    the masks that share long prefixes land on the same worker and keep sharing its walk.
-    Early termination stays exact: each worker also receives the call's masks whose losses
-    are already known, and stops a mask only when ``survivors`` of the masks it sees are
-    lower; those are lower than it for the whole call too.
-    """
-
-    workers: list[SerialEvaluator]
-    memo: dict[Mask, Fitness] = field(default_factory=dict)
-    stats: EvaluatorStats = field(default_factory=EvaluatorStats)
-
-    def __post_init__(self) -> None:
-        if not self.workers:
-            raise EvopError("a pool evaluator needs at least one device")
-        self.num_blocks = self.workers[0].num_blocks
-
-    @classmethod
-    def replicate(
-        cls, model: torch.nn.Module, input_ids: torch.Tensor, devices: Sequence[str], **settings
-    ) -> PoolEvaluator:
-        """A worker per device, each with its own copy of ``model`` and of the calibration ids.
-
-        deepcopy is handed each parameter and buffer already moved to the target, so nothing is
-        duplicated on the model's own device first, tied weights stay tied, and workers that
-        share a device share the weights' memory (only the module objects are copied)."""
-        if (
-            len(set(getattr(model, "hf_device_map", {}).values())) > 1
-            or len({p.device for p in model.parameters()}) > 1
-        ):
-            raise EvopError(
-                "the model is spread over several devices; a device pool needs it whole on one "
-                "device: drop --search-devices, or load it without --device-map"
-            )
-        workers = []
-        home = next(model.parameters()).device
-        for device in map(check_device, devices):
-            if device.type == "cuda" and device.index is None:
-                device = torch.device("cuda", torch.cuda.current_device())
-            if device == home and all(worker.model is not model for worker in workers):
-                copy = model
-            else:
-                tensors = {
-                    id(p): torch.nn.Parameter(p.detach().to(device), requires_grad=p.requires_grad)
-                    for p in model.parameters()
-                }
-                tensors.update({id(b): b.to(device) for b in model.buffers()})
-                copy = deepcopy(model, tensors)
-            workers.append(SerialEvaluator(copy, input_ids.to(device), **settings))
-        return cls(workers)
-
-    def evaluate(self, masks: Sequence[Mask], survivors: int | None = None) -> list[Fitness]:
-        masks = checked(masks, self.num_blocks)
-        unique = list(dict.fromkeys(masks))
-        known = [m for m in unique if m in self.memo and self.memo[m].complete]
-        pending = sorted(
-            (m for m in unique if m not in known), key=lambda m: keep_bits(m, self.num_blocks), reverse=True
-        )
-        self.stats.memo_hits += len(known)
-        self.stats.evaluations += sum(m not in self.memo for m in pending)
-        for mask in pending:
-            self.memo.setdefault(mask, Fitness(mask))
-        share = math.ceil(len(pending) / len(self.workers)) or 1
-        jobs = [(worker, pending[i * share : (i + 1) * share] + known) for i, worker in enumerate(self.workers)]
-        jobs = [(worker, part) for worker, part in jobs if len(part) > len(known)]
-        before = [worker.stats.as_dict() for worker, _ in jobs]
-        for worker, part in jobs:
-            worker.memo.update((m, self.memo[m]) for m in part)
-        with ThreadPoolExecutor(max_workers=len(self.workers)) as pool:
-            for done in [pool.submit(worker.evaluate, part, survivors) for worker, part in jobs]:
-                done.result()  # re-raises a worker's error here
-        for (worker, _), counts in zip(jobs, before):
-            self.stats.add_work(worker.stats, counts)
-        return [self.memo[m] for m in masks]
-
-    def identity(self) -> list:
-        return self.workers[0].identity()
-
-    def layer_cosines(self, distance: int) -> list[float]:
-        worker = self.workers[0]
-        before = worker.stats.as_dict()
-        cosines = worker.layer_cosines(distance)
-        self.stats.add_work(worker.stats, before)
-        return cosines
-
-
 def parse_stages(text: str | None) -> list[tuple[int, int]]:
     """``"8@64,4@256"`` -> [(8, 64), (4, 256)]: keep the best KEEP candidates on the first TOKENS tokens of
     every calibration sample, stage after stage, before the full evaluation."""
@@ -517,7 +460,7 @@ class StagedEvaluator(Evaluator):
     Masks a stage screened out come back incomplete (``loss == inf``), as early-stopped ones do.
     """
 
-    final: Evaluator  # a SerialEvaluator, or a PoolEvaluator over several devices
+    final: Evaluator  # a SerialEvaluator, or a RayEvaluator over several devices
     stages: list[tuple[int, SerialEvaluator]]  # (keep, an evaluator over a shorter prefix of each sample)
 
     def __post_init__(self) -> None:
@@ -526,8 +469,8 @@ class StagedEvaluator(Evaluator):
     @classmethod
     def build(cls, final: Evaluator, stages: list[tuple[int, int]]) -> StagedEvaluator:
         """Stage evaluators on prefixes of ``final``'s samples, sharing its model, fitness and memory budget (a
-        pool's first worker's: the stages are cheap, the full evaluations are what a pool spreads)."""
-        base = final.workers[0] if isinstance(final, PoolEvaluator) else final
+        Ray evaluator's model in this process: the stages are cheap, the full evaluations are what actors spread)."""
+        base = final.stage_base()
         ids = base.input_ids
         evaluators = []
         for keep, tokens in stages:

@@ -1,6 +1,6 @@
 """Search for the blocks to drop: evaluator, methods, and a resumable run.
 
-``run_search`` wraps any method from ``METHODS`` with what a long run needs: a progress
+``run_search`` wraps any algorithm of ``SEARCHES`` with what a long run needs: a progress
 bar showing the best loss, a JSONL trace (one row per generation or step), and a
 checkpoint in the run's state directory after every step, holding the method's state and
 every fitness computed so far. Resuming replays nothing: the evaluations are restored from
@@ -24,29 +24,28 @@ from ..progress import bar
 from ..scoring import (
     FITNESSES,
     Evaluator,
-    EvaluatorStats,
     Fitness,
     Mask,
-    PoolEvaluator,
+    RayEvaluator,
     SerialEvaluator,
     StagedEvaluator,
     as_mask,
     parse_stages,
 )
-from .methods import METHODS, PAPER_SEARCH, SearchConfig, SearchContext, check_state, is_saved_mask
+from .methods import PAPER_SEARCH, SEARCHES, SearchConfig, SearchContext, check_state, is_saved_mask
 
 STATE_FILE = "search_state.json"
 TRACE_FILE = "trace.jsonl"
 
 __all__ = [
     "FITNESSES",
-    "METHODS",
     "PAPER_SEARCH",
+    "SEARCHES",
     "Evaluator",
     "Fitness",
     "Mask",
-    "PoolEvaluator",
     "SearchConfig",
+    "RayEvaluator",
     "SearchResult",
     "SerialEvaluator",
     "StagedEvaluator",
@@ -67,12 +66,17 @@ def num_drop(num_blocks: int, sparsity: float | None = None, k: int | None = Non
     return k
 
 
-def evaluator_for(model, input_ids, config: SearchConfig, devices: list[str] | None = None, **settings) -> Evaluator:
-    """The evaluator ``config`` asks for: its fitness, on ``devices`` side by side (None: the model's own), staged
-    when ``config.stages`` names stages (the cheap stages run on the first device alone)."""
+def evaluator_for(
+    model, input_ids, config: SearchConfig, devices: list[str] | None = None, ray_address: str | None = None, **settings
+) -> Evaluator:
+    """The evaluator ``config`` asks for: its fitness, on one Ray actor per device in ``devices`` (at ``ray_address``,
+    by default a Ray instance started on this machine; None: serially on the model's own device), staged when
+    ``config.stages`` names stages (the cheap stages run in this process, on the model as loaded)."""
     stages = parse_stages(config.stages)
+    if ray_address and not devices:
+        raise EvopError("--ray-address needs --search-devices: the devices to put an actor on, e.g. cuda:0,cuda:1")
     if devices:
-        final = PoolEvaluator.replicate(model, input_ids, devices, fitness=config.fitness, **settings)
+        final = RayEvaluator(model, input_ids, devices, ray_address or "local", fitness=config.fitness, **settings)
     else:
         final = SerialEvaluator(model, input_ids, fitness=config.fitness, **settings)
     return StagedEvaluator.build(final, stages) if stages else final
@@ -126,9 +130,7 @@ def _restore(state_path: Path, evaluator: Evaluator, fingerprint: str, method: s
                 "re-run with the same options, or --overwrite to start over"
             )
         _check_saved(saved, evaluator.num_blocks, method)
-        for mask, loss_sum, tokens, batches, complete in saved["memo"]:
-            evaluator.memo[as_mask(mask)] = Fitness(as_mask(mask), loss_sum, tokens, batches, complete)
-        evaluator.stats = EvaluatorStats(**saved["stats"])
+        evaluator.load_state_dict({"memo": saved["memo"], "stats": saved["stats"]})
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise EvopError(
             f"{state_path} is damaged ({type(exc).__name__}: {exc}); pass --overwrite to start the search over"
@@ -169,8 +171,8 @@ def run_search(
 ) -> SearchResult:
     """Run ``config.method`` to choose ``k`` blocks; checkpoint into ``state_dir`` when given."""
     config = config or SearchConfig()
-    if config.method not in METHODS:
-        raise EvopError(f"unknown --method {config.method!r}; choose from {', '.join(METHODS)}")
+    if config.method not in SEARCHES:
+        raise EvopError(f"unknown --method {config.method!r}; choose from {', '.join(SEARCHES)}")
     k = num_drop(evaluator.num_blocks, k=k)
     fingerprint = _fingerprint(evaluator, k, config)
     state_path = Path(state_dir) / STATE_FILE if state_dir else None
@@ -197,7 +199,7 @@ def run_search(
     def report(row: dict[str, Any]) -> None:
         row = {
             **row,
-            **evaluator.stats.as_dict(),
+            **evaluator.counts(),
             "fitness": config.fitness,
             "stages": config.stages,
             "seconds": round(elapsed + time.perf_counter() - started, 3),
@@ -219,16 +221,14 @@ def run_search(
     def checkpoint(method_state: dict[str, Any]) -> None:
         if state_path is None:
             return
-        memo = [[list(f.mask), f.loss_sum, f.tokens, f.batches, f.complete] for f in evaluator.memo.values()]
         with atomic_path(state_path) as tmp:
             tmp.write_text(
                 json.dumps(
                     {
                         "fingerprint": fingerprint,
                         "method_state": method_state,
-                        "memo": memo,
+                        **evaluator.state_dict(),  # "memo" and "stats"
                         "trace": trace,
-                        "stats": evaluator.stats.as_dict(),
                         "seconds": elapsed + time.perf_counter() - started,
                     }
                 )
@@ -239,7 +239,7 @@ def run_search(
         evaluator, k, config, random.Random(config.seed), saved.get("method_state", {}), checkpoint, report
     )
     try:
-        mask = as_mask(METHODS[config.method](context))
+        mask = as_mask(SEARCHES[config.method](context))
         loss = evaluator.loss(mask)
         dense = evaluator.loss(())
     finally:
@@ -252,7 +252,7 @@ def run_search(
         method=config.method,
         k=k,
         config=asdict(config),
-        stats=evaluator.stats.as_dict(),
+        stats=evaluator.counts(),
         seconds=round(elapsed + time.perf_counter() - started, 3),
         steps=len(trace),
         resumed=bool(saved),

@@ -245,15 +245,20 @@ def swap_neighbours(mask: Mask, m: int) -> list[Mask]:
     return [as_mask((set(mask) - {out}) | {into}) for out in mask for into in kept]
 
 
-def local_search(ctx: SearchContext, start: Fitness) -> Fitness:
-    """Best-improvement swap descent: stop where no single swap lowers the loss."""
+def local_search(ctx: SearchContext, start: Fitness, step: int) -> Fitness:
+    """Best-improvement swap descent: stop where no single swap lowers the loss. Each round is reported (a row
+    of the trace, a tick of the bar): on a large model a round is k x (blocks - k) patterns, minutes of work
+    that must not look like a hang."""
     best = start
     while True:
+        step += 1
         fits = ctx.evaluator.evaluate([best.mask, *swap_neighbours(best.mask, ctx.num_blocks)], survivors=1)
         leader = _best(fits)
-        if leader.loss >= best.loss:
+        improved = leader.loss < best.loss
+        best = leader if improved else best
+        ctx.report(_row(step, fits, best, phase="local_search"))
+        if not improved:
             return best
-        best = leader
 
 
 def evop(ctx: SearchContext) -> Mask:
@@ -292,10 +297,10 @@ def evop(ctx: SearchContext) -> Mask:
             }
         )
     # The last children are scored too: the answer may be among them, and the trace must end on the answer.
-    best, phase = _best(ctx.evaluator.evaluate(population, survivors=1)), "last_children"
+    best = _best(ctx.evaluator.evaluate(population, survivors=1))
+    ctx.report(_row(generation + 1, [best], best, phase="last_children"))
     if cfg.local_search:
-        best, phase = local_search(ctx, best), "local_search"
-    ctx.report(_row(generation + 1, [best], best, phase=phase))
+        best = local_search(ctx, best, generation + 1)
     return best.mask
 
 
@@ -341,8 +346,8 @@ def is_saved_mask(value: Any, num_blocks: int) -> bool:
     return isinstance(value, list) and all(type(i) is int and 0 <= i < num_blocks for i in value)
 
 
-# Registry: --method NAME -> function(SearchContext) -> mask.
-METHODS: dict[str, Callable[[SearchContext], Mask]] = {
+# The block-search algorithms, by the name run_search runs; evop_hub.methods.METHODS is what users choose from.
+SEARCHES: dict[str, Callable[[SearchContext], Mask]] = {
     "evop": evop,
     "sleb": sleb,
     "exhaustive": exhaustive,

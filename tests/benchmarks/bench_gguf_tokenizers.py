@@ -21,7 +21,8 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from evop_hub.models.loading import PROBE, gguf_bos, gguf_tokenizer_problem, locate_offline_model
+from evop_hub.models.gguf import PROBE, gguf_bos, gguf_tokenizer_problem
+from evop_hub.models.offline import locate_offline_model
 
 
 def main():

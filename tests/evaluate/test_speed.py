@@ -14,7 +14,7 @@ from evop_hub.cli import app
 from evop_hub.errors import EvopError
 from evop_hub.evaluate.speed import SpeedConfig, SpeedResult, _Clock, _generate, _PeakMemory, speed
 from evop_hub.models import LoadedModel, SourceInfo, drop, save
-from evop_hub.record import PruningRecord
+from evop_hub.record import PruningRecord, record_results
 
 from ..tiny import tiny_llama, tiny_tokenizer
 
@@ -93,7 +93,7 @@ def test_cli_records_into_pruned_directory(tmp_path):
     assert len(printed["pruned"]["runs"]) == 3
 
     in_memory = drop(loaded(4), [0])
-    speed(dense, in_memory, SMALL)
+    record_results(in_memory.record, speed(dense, in_memory, SMALL))
     assert in_memory.record.scores["speed"]["pruned"]["blocks"] == 3
 
 
@@ -114,6 +114,7 @@ def test_both_models_are_timed_at_one_dtype(tmp_path):
     pruned = drop(loaded(4), [1, 2])
     save(pruned, tmp_path / "pruned")
     result = speed(str(tmp_path / "dense"), str(tmp_path / "pruned"), SMALL)
+    record_results(tmp_path / "pruned", result)
     assert result.dtype == "float32" and PruningRecord.load(tmp_path / "pruned").scores["speed"]["dtype"] == "float32"
     assert ", float32;" in result.table()
     with pytest.raises(EvopError, match="one dtype"):

@@ -16,7 +16,7 @@ pytest.importorskip("lm_eval")
 from evop_hub.cli import app  # noqa: E402
 from evop_hub.errors import EvopError  # noqa: E402
 from evop_hub.evaluate.tasks import TasksConfig, TasksResult, check_task_names, tasks  # noqa: E402
-from evop_hub.record import PruningRecord  # noqa: E402
+from evop_hub.record import PruningRecord, record_results  # noqa: E402
 
 from ..tiny import WORDS, tiny_llama, tiny_tokenizer  # noqa: E402
 
@@ -101,7 +101,7 @@ def test_cli_records_into_output_dir_and_limit_applies(tmp_path):
     assert PruningRecord.load(tmp_path / "out").scores["tasks"] == printed
     assert TasksResult.from_dict(printed).to_dict() == printed  # what the model card renders from
 
-    tasks(loaded, None, TasksConfig(tasks=[TASK], limit=3, include_path=str(task_dir)))
+    record_results(loaded.record, tasks(loaded, None, TasksConfig(tasks=[TASK], limit=3, include_path=str(task_dir))))
     assert loaded.record.scores["tasks"]["samples"] == {TASK: 3}
 
 

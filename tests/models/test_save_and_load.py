@@ -15,7 +15,7 @@ import torch
 import evop_hub
 from evop_hub.errors import EvopError
 from evop_hub.models import LoadConfig, find_blocks, prepare_output
-from evop_hub.models.loading import gguf_tokenizer_problem
+from evop_hub.models.gguf import gguf_tokenizer_problem
 from evop_hub.record import RECORD_NAME, STATE_DIR, PruningRecord
 from evop_hub.scoring import BlockRunner
 

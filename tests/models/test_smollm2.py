@@ -13,7 +13,8 @@ from transformers import AutoModelForCausalLM
 
 import evop_hub
 from evop_hub.models import prepare_output
-from evop_hub.models.loading import convert_gguf, locate_offline_model
+from evop_hub.models.gguf import convert_gguf
+from evop_hub.models.offline import locate_offline_model
 from evop_hub.scoring import BlockRunner
 
 from .test_surgery import bypassed_logits

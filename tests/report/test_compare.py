@@ -249,7 +249,7 @@ def test_unreachable_task_data_is_reported_not_fatal(corpora, tokenizer, tmp_pat
         calls.append(1)
         raise tasks_module.TasksUnavailable("cannot fetch task data from the Hugging Face Hub (offline)")
 
-    monkeypatch.setattr(tasks_module, "tasks", offline)
+    monkeypatch.setattr(cmp, "tasks", offline)  # the name compare calls
     config = small_config(
         corpora,
         methods=["sleb"],
@@ -284,7 +284,7 @@ def test_a_model_failing_its_tasks_stops_the_run_and_marks_nothing_else(corpora,
             {"arc_easy": {"acc": 0.25 * len(calls)}}, {"arc_easy": 4}, {"acc": 0.25 * len(calls)}, 0, None, "stand-in"
         )
 
-    monkeypatch.setattr(tasks_module, "tasks", scored)
+    monkeypatch.setattr(cmp, "tasks", scored)
     config = small_config(
         corpora,
         methods=["sleb"],

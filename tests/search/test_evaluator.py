@@ -11,7 +11,7 @@ import torch
 
 from evop_hub.errors import EvopError
 from evop_hub.models import drop_blocks
-from evop_hub.search import PoolEvaluator, SearchConfig, SerialEvaluator, num_drop, run_search
+from evop_hub.search import SerialEvaluator, num_drop
 
 from ..models.conftest import ARCHITECTURES, build
 
@@ -99,67 +99,7 @@ def test_early_termination_keeps_the_same_survivors():
     assert fast.stats.block_forwards < len(masks) * 6 * (8 - 2)  # prefix reuse
 
 
-def test_a_device_pool_keeps_the_serial_values():
-    # Three CPU workers stand in for three GPUs: the sharing out and the merge are what is tested.
-    model = build("llama", layers=8)
-    ids = calibration(model, n=6)
-    masks = list(itertools.combinations(range(8), 2))
-    full = SerialEvaluator(model, ids, batch_size=1).evaluate(masks)
-    pool = PoolEvaluator.replicate(model, ids, ["cpu"] * 3, batch_size=1)
-    assert [f.loss for f in pool.evaluate(masks)] == pytest.approx([f.loss for f in full], rel=1e-9)
-    assert pool.stats.evaluations == len(masks)
-    assert all(worker.stats.block_forwards > 0 for worker in pool.workers), "a worker got no masks"
-    assert pool.stats.block_forwards == sum(worker.stats.block_forwards for worker in pool.workers)
-
-
-def test_a_device_pool_stops_early_as_exactly_as_one_evaluator(monkeypatch):
-    # Random models give every mask nearly the same loss, so here made-up batch losses spread widely:
-    # what is tested is that the workers' bars never stop a mask that the whole call would keep.
-    def nlls(self, keeps, b):
-        return [float((sum(i for i, kept in enumerate(keep) if not kept) % 7) ** 3 + b) for keep in keeps]
-
-    monkeypatch.setattr(SerialEvaluator, "_batch_nlls", nlls)
-    model = build("llama", layers=8)
-    ids = calibration(model, n=6)
-    masks = list(itertools.combinations(range(8), 2))
-    full = SerialEvaluator(model, ids, batch_size=1).evaluate(masks)
-    pool = PoolEvaluator.replicate(model, ids, ["cpu"] * 3, batch_size=1)
-    top = sorted(full, key=lambda f: (f.loss, f.mask))[:5]
-    assert sorted(pool.evaluate(masks, survivors=5), key=lambda f: (f.loss, f.mask))[:5] == top
-    assert pool.stats.early_stops > 0
-    stopped = [f.mask for f in pool.evaluate(masks) if f.batches < 6]
-    assert not stopped, "asked for in full, stopped masks are completed"
-    assert [f.loss for f in pool.evaluate(masks)] == [f.loss for f in full]
-
-
-def test_a_search_on_a_pool_ends_as_on_one_evaluator():
-    model = build("llama", layers=10)
-    ids = calibration(model, n=4)
-    config = SearchConfig(population=8, generations=4, seed=1)
-    serial = run_search(SerialEvaluator(model, ids), 3, config, progress=False)
-    pooled = run_search(PoolEvaluator.replicate(model, ids, ["cpu", "cpu"]), 3, config, progress=False)
-    assert pooled.mask == serial.mask and pooled.loss == pytest.approx(serial.loss, rel=1e-9)
-    assert [row["best"] for row in pooled.trace] == pytest.approx([row["best"] for row in serial.trace], rel=1e-9)
-
-
-def test_pool_replicas_are_separate_copies_with_ties_kept():
-    # The meta device stands in for a second GPU: every parameter and buffer moves, ties stay ties.
-    model = build("gpt2")
-    pool = PoolEvaluator.replicate(model, calibration(model), ["cpu", "meta", "cpu"])
-    home, moved, beside = (worker.model for worker in pool.workers)
-    assert home is model and moved is not model and beside is not model
-    assert moved.lm_head.weight is moved.transformer.wte.weight
-    assert {t.device.type for t in [*moved.parameters(), *moved.buffers()]} == {"meta"}
-    assert {t.device.type for t in [*model.parameters(), *model.buffers()]} == {"cpu"}
-    # A second worker on the model's own device gets its own modules but shares the weights' memory.
-    assert beside.transformer.h[0] is not model.transformer.h[0]
-    assert beside.lm_head.weight.data_ptr() == model.lm_head.weight.data_ptr()
-    llama = build("llama")
-    rotary = PoolEvaluator.replicate(llama, calibration(llama), ["meta"]).workers[0].model.model.rotary_emb
-    assert rotary.inv_freq.device.type == "meta"  # non-persistent buffers move too
-    llama.hf_device_map = {"model.layers.0": 0, "model.layers.1": "cpu"}
-    with pytest.raises(EvopError, match="spread over several devices"):
-        PoolEvaluator.replicate(llama, calibration(llama), ["cpu", "cpu"])
+# The Ray evaluator (several devices) is tested against this one in test_ray.py.
 
 
 def test_layer_cosines_match_hidden_states():
