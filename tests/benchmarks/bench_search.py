@@ -39,8 +39,8 @@ from bench_speed import LLAMA_2_13B
 
 import evop_hub
 from evop_hub.models import find_blocks
-from evop_hub.scoring import BlockRunner
-from evop_hub.search import Evaluator, EvaluatorStats, Fitness, SearchConfig, SerialEvaluator, run_search
+from evop_hub.scoring import BlockRunner, EvaluatorStats
+from evop_hub.search import Evaluator, Fitness, SearchConfig, SerialEvaluator, run_search
 
 NARROW = {"hidden_size": 64, "intermediate_size": 172, "num_attention_heads": 4, "num_key_value_heads": 4}
 
