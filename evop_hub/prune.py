@@ -95,7 +95,7 @@ for _name, _settings in _PRESETS.items():
 
 
 def apply_preset(config: PruneConfig, name: str) -> PruneConfig:
-    preset = PRESETS.get(name)
+    preset = PRESETS.lookup(name)
     return replace(
         config,
         corpus=preset.get("corpus", config.corpus),
@@ -214,7 +214,7 @@ def _job(config: PruneConfig, loaded: LoadedModel | None, input_ids: Any, run_di
 
 def _check(config: PruneConfig) -> Method:
     """Every setting is checked before anything slow starts; returns the method to run."""
-    method = METHODS.get(config.search.method)
+    method = METHODS.lookup(config.search.method)
     if config.batch_size < 1:
         raise EvopError(f"--batch-size must be at least 1, not {config.batch_size}")
     if config.ray_address and not config.search_devices:

@@ -16,7 +16,8 @@ REGISTRIES: dict[str, Registry] = {}
 
 
 class Registry(Mapping[str, T], Generic[T]):
-    """Names to objects, read as a mapping; ``get`` is the checked lookup.
+    """Names to objects, read as a mapping (``get`` answers None for an unknown name); ``lookup`` is the checked
+    lookup.
 
     ``option`` is how a user names an entry (``--method``), used in the error; ``describe`` turns an entry into
     the one line ``evop-hub list`` prints beside its name."""
@@ -34,12 +35,10 @@ class Registry(Mapping[str, T], Generic[T]):
         self._entries[name] = entry
         return entry
 
-    def get(self, name: str, default: T | None = None) -> T:  # type: ignore[override]
+    def lookup(self, name: str) -> T:
         """The entry named ``name``; an unknown name is one line listing the known ones."""
         if name in self._entries:
             return self._entries[name]
-        if default is not None:
-            return default
         raise EvopError(self.unknown(name))
 
     def unknown(self, name: object, hint: str = "", option: str | None = None) -> str:
@@ -49,7 +48,7 @@ class Registry(Mapping[str, T], Generic[T]):
 
     def check(self, name: str) -> str:
         """``name`` if registered, else the one-line error: for settings checked before anything slow starts."""
-        self.get(name)
+        self.lookup(name)
         return name
 
     def describe(self, name: str) -> str:

@@ -20,9 +20,9 @@ def test_a_registry_is_a_mapping_whose_lookup_fails_in_one_line() -> None:
         colours.register("red", "warm")
         colours.register("blue", "cold")
         assert dict(colours) == {"red": "warm", "blue": "cold"} and "red" in colours and len(colours) == 2
-        assert colours.get("blue") == "cold" and colours.describe("red") == "WARM"
+        assert colours.lookup("blue") == "cold" and colours.describe("red") == "WARM"
         with pytest.raises(EvopError, match=r"^unknown --colour 'green'; choose from red, blue$"):
-            colours.get("green")
+            colours.lookup("green")
         with pytest.raises(ValueError, match="registered twice"):
             colours.register("red", "again")
     finally:

@@ -5,13 +5,14 @@ patterns with the calibration fitness or prunes in one shot. ``prune``, ``compar
 these attributes instead of asking which of two registries a name is in; ``evop-hub list`` prints them.
 
     from evop_hub.methods import METHODS, MethodJob
-    result = METHODS.get("evop").run(MethodJob(loaded, ids, sparsity=0.2))
+    result = METHODS.lookup("evop").run(MethodJob(loaded, ids, sparsity=0.2))
 """
 
 from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,8 @@ class MethodJob:
 
     ``sparsity`` is in the method's unit (None: its default); ``num_drop`` counts blocks and wins over it.
     ``evaluator``, when given, is a block search's shared evaluator (``compare`` keeps one per calibration set,
-    so patterns another method already scored cost nothing)."""
+    so patterns another method already scored cost nothing); ``dense_loss``, when given, is the dense model's
+    calibration loss already known to the caller, which a width method then does not measure again."""
 
     loaded: LoadedModel | None
     input_ids: torch.Tensor
@@ -53,6 +55,7 @@ class MethodJob:
     resume: bool = False
     progress: bool = True
     evaluator: Evaluator | None = None
+    dense_loss: float | None = None
 
 
 @dataclass
@@ -124,8 +127,8 @@ class BlockMethod(Method):
 class WidthMethod(Method):
     """A width baseline (evop_hub.baselines): prunes weights or channels of ``job.loaded`` in place, in one go."""
 
-    settings: Any = None  # (sparsity or None, pattern, batch size, progress) -> the method's config, validated
-    apply: Any = None  # (loaded, calibration ids, config) -> details for the record; edits ``loaded`` in place
+    settings: Callable[[float | None, str | None, int, bool], Any]  # -> the method's config, validated
+    apply: Callable[[LoadedModel, torch.Tensor, Any], dict[str, Any]]  # -> the record's details; edits in place
 
     def check(self, job: MethodJob) -> None:
         if job.resume:
@@ -139,7 +142,7 @@ class WidthMethod(Method):
 
     def run(self, job: MethodJob) -> MethodResult:
         settings, ids, model = self._settings(job), job.input_ids, job.loaded.model
-        dense = calibration_loss(model, ids, job.batch_size)
+        dense = calibration_loss(model, ids, job.batch_size) if job.dense_loss is None else job.dense_loss
         start = time.perf_counter()
         details = self.apply(job.loaded, ids, settings)
         summary = {"method": self.name, "seconds": time.perf_counter() - start, **details}

@@ -74,7 +74,7 @@ def _package_file(package: str, relative: str) -> Path | None:
 
 def locate_offline_model(name: str) -> Path:
     """Path of an offline model's GGUF: inside its package, or joined from the packages of its parts."""
-    spec = OFFLINE_MODELS.get(name)
+    spec = OFFLINE_MODELS.lookup(name)
     files = list(spec.parts) or [(spec.package, spec.filename)]
     found = [_package_file(package, relative) for package, relative in files]
     if None in found:

@@ -277,7 +277,7 @@ for _name, _settings in _PRESETS.items():
 
 
 def preset(name: str) -> CompareConfig:
-    return CompareConfig.from_dict(PRESETS.get(name))
+    return CompareConfig.from_dict(PRESETS.lookup(name))
 
 
 # ---------------------------------------------------------------------- cells
@@ -462,7 +462,7 @@ def run_cell(ws: Workspace, key: CellKey) -> dict[str, Any]:
     if not method.removes_blocks:
         clone = copy.copy(ws.loaded)
         clone.model, clone.record = copy.deepcopy(ws.loaded.model), copy.deepcopy(ws.loaded.record)
-        job.loaded = clone
+        job.loaded, job.dense_loss = clone, evaluator.loss(())
         result = method.run(job)
         details = {k: v for k, v in result.summary.items() if k not in ("method", "seconds")}
         out = {
@@ -471,7 +471,7 @@ def run_cell(ws: Workspace, key: CellKey) -> dict[str, Any]:
             "parameters_after": clone.record.parameters_after,
             "parameters_before": clone.record.parameters_before,
             "calibration_loss": result.losses["pruned"],
-            "dense_calibration_loss": evaluator.loss(()),
+            "dense_calibration_loss": job.dense_loss,
             "details": {k: v for k, v in details.items() if isinstance(v, (int, float, str))},
             "heldout": _heldout_numbers(ws.heldout.on(clone.model).score(())),
         }
